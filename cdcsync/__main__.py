@@ -1,0 +1,5 @@
+import sys
+
+from cdcsync.cli import main
+
+sys.exit(main())

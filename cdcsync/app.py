@@ -1,0 +1,113 @@
+"""The composition root: bridge, root nursery, signals, API and flows.
+
+Everything long-lived hangs off one nursery. SIGINT/SIGTERM stops every flow's
+source, lets in-flight batches commit and be acknowledged (bounded by
+``drain_timeout_s``), then stops the API; a second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import signal
+from functools import partial
+
+import hypercorn.config
+import hypercorn.trio
+import structlog
+import trio
+
+from cdcsync.api.app import create_app
+from cdcsync.bridge import open_bridge
+from cdcsync.config import Config
+from cdcsync.flow.pipeline import Flow
+
+__all__ = ["serve"]
+
+log = structlog.get_logger("cdcsync")
+
+
+async def _serve_api(
+    flows: list[Flow],
+    config: Config,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    hconfig = hypercorn.config.Config()
+    hconfig.bind = [f"{config.api.host}:{config.api.port}"]
+    hconfig.accesslog = None
+    hconfig.graceful_timeout = 2
+    app = create_app(flows, token=config.api.token)
+    await hypercorn.trio.serve(app, hconfig, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown: trio.Event | None = None,
+    drain_timeout_s: float = 15.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every flow and the API until SIGINT/SIGTERM (or ``shutdown`` is set).
+
+    ``task_status.started()`` reports the API's bound addresses.
+    """
+    flows = [Flow(fc) for fc in config.flows]
+    api_stop = trio.Event()
+    stop = trio.Event()
+    hard_stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not stop.is_set():
+                    log.info("stopping: draining in-flight batches", signal=name)
+                    stop.set()
+                else:
+                    log.warning("second signal: stopping without draining", signal=name)
+                    hard_stop.set()
+
+    async def watch_shutdown(event: trio.Event) -> None:
+        await event.wait()
+        stop.set()
+
+    async with open_bridge(), trio.open_nursery() as root:
+        root.start_soon(watch_signals)
+        if shutdown is not None:
+            root.start_soon(watch_shutdown, shutdown)
+        binds: list[str] = []
+        if config.api.enabled:
+            binds = await root.start(_serve_api, flows, config, api_stop)
+            log.info("api listening", binds=binds)
+        for flow in flows:
+            await root.start(flow.run, name=f"flow={flow.name}")
+        log.info("cdcsync started", flows=[f.name for f in flows])
+        task_status.started(binds)
+        await stop.wait()
+        for flow in flows:
+            flow.stop()
+        with trio.move_on_after(drain_timeout_s) as drain:
+            async with trio.open_nursery() as waiters:
+
+                async def all_stopped() -> None:
+                    for flow in flows:
+                        await flow.stopped.wait()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(all_stopped)
+                await hard_stop.wait()
+                drain.cancel()
+        if drain.cancelled_caught:
+            log.warning("stopped before draining; unacknowledged events will be redelivered")
+        api_stop.set()
+        root.cancel_scope.deadline = trio.current_time() + 3
+        # The signal watcher never ends by itself.
+        with trio.move_on_after(2.5):
+            while any(not f.stopped.is_set() for f in flows):
+                await trio.sleep(0.05)
+        root.cancel_scope.cancel()
+    log.info("cdcsync stopped")
+
+
+def run(config: Config) -> None:
+    trio.run(partial(serve, config))

@@ -1,0 +1,34 @@
+"""The one place where Trio meets asyncio.
+
+nats-py and asyncpg are asyncio libraries; cdcsync runs on Trio. Everything
+crosses here, and crossings are expensive (a future and a task hop each), so
+callers hand over whole batches: one crossing per batch, never one per message.
+asyncio callbacks run on the Trio thread under trio-asyncio, so a nats-py
+message callback may call a Trio channel's ``send_nowait`` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import trio_asyncio
+
+__all__ = ["aio", "open_bridge"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def open_bridge() -> AsyncIterator[None]:
+    """Run an asyncio loop on top of Trio for the lifetime of the block (enter once)."""
+    async with trio_asyncio.open_loop():
+        yield
+
+
+async def aio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await an asyncio coroutine function from Trio; cancellation propagates both ways."""
+    result: Any = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    return result

@@ -1,0 +1,149 @@
+"""Command line: ``cdcsync serve | check | generate-config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from cdcsync import __version__, config, registry
+from cdcsync.errors import CdcSyncError, ConfigError
+
+__all__ = ["example_config", "main"]
+
+
+def example_config() -> str:
+    """A commented configuration that passes ``check``: one JetStream flow into PostgreSQL."""
+    source = registry.sources()["nats"].example
+    dest = registry.destinations()["postgres"].example
+    return f"""\
+# cdcsync configuration. Every string may use ${{VAR}} or ${{VAR:-default}}.
+# Reference: docs/configuration.md
+api:
+  bind: 127.0.0.1:8080          # REST API: /health, /api/stats
+  # token: ${{CDCSYNC_API_TOKEN}} # required for POST endpoints when set
+
+flows:
+  - name: users
+{source}    batch: {{max_size: 1000, max_delay_ms: 50}}
+    destinations:
+{dest}"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cdcsync", description="Sync change events from NATS / JetStream into PostgreSQL."
+    )
+    p.add_argument("--version", action="version", version=f"cdcsync {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", aliases=["start"], help="run every flow of a config file")
+    serve.add_argument("config", help="path to the YAML configuration")
+    serve.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="json lines (default when not a TTY) or console",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser(
+        "check", aliases=["validate"], help="validate a config file (exit 0 when fine)"
+    )
+    check.add_argument("config", help="path to the YAML configuration")
+    check.add_argument(
+        "--connect", action="store_true", help="also connect to every server and check tables"
+    )
+
+    gen = sub.add_parser("generate-config", help="write a commented example configuration")
+    gen.add_argument("path", nargs="?", help="file to write (default: standard output)")
+    gen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return p
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cdcsync import checks
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    for w in checks.warnings(cfg):
+        print(w, file=sys.stderr)
+    if args.connect:
+        problems = trio.run(checks.connect_problems, cfg)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            return 1
+    flows = ", ".join(f.name for f in cfg.flows)
+    print(f"{cfg.path}: ok ({len(cfg.flows)} flow(s): {flows})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cdcsync import app, logs
+
+    logs.configure(args.log_format, args.log_level)
+    import structlog
+
+    log = structlog.get_logger("cdcsync")
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    try:
+        app.run(cfg)
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaves(group) if isinstance(e, CdcSyncError)]
+        if not errors:
+            raise
+        for exc in errors:
+            log.error("cannot start", error=str(exc))
+        return 2
+    except CdcSyncError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    text = example_config()
+    if not args.path:
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"{path}: exists (use --force to overwrite)", file=sys.stderr)
+        return 1
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command in ("serve", "start"):
+        return _serve(args)
+    if args.command in ("check", "validate"):
+        return _check(args)
+    return _generate(args)
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Configuration: strictyaml schema -> frozen dataclasses.
+
+Every error names ``file:line``. ``${VAR}`` and ``${VAR:-default}`` are resolved in
+string and integer values after parsing, so a variable's value can never change
+the structure of the document. The single-flow shorthand of the original design
+(``nats`` / ``postgres`` / ``pipeline``) loads as one flow named ``default``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import strictyaml as sy
+from strictyaml.ruamel.error import MarkedYAMLError
+
+from cdcsync import registry
+from cdcsync.errors import ConfigError
+
+__all__ = [
+    "ApiConfig",
+    "BatchPolicy",
+    "Config",
+    "DestinationConfig",
+    "EnvInt",
+    "EnvStr",
+    "FlowConfig",
+    "SourceConfig",
+    "load",
+    "loads",
+    "redact_url",
+]
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+def _interpolate(chunk: Any) -> str:
+    text: str = chunk.contents
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                chunk.expecting_but_found(
+                    "while resolving environment variables",
+                    f"${{{name}}} is not set (set it, or write ${{{name}:-default}})",
+                )
+            return default
+        return value
+
+    return _VAR.sub(sub, text)
+
+
+class EnvStr(sy.ScalarValidator):
+    """A string with ``${VAR}`` / ``${VAR:-default}`` resolved."""
+
+    def validate_scalar(self, chunk: Any) -> str:
+        return _interpolate(chunk)
+
+    def to_yaml(self, data: Any) -> str:
+        return str(data)
+
+
+class EnvInt(sy.ScalarValidator):
+    """An integer, possibly given as ``${VAR:-100}``, with optional bounds."""
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+        self._min, self._max = minimum, maximum
+
+    def validate_scalar(self, chunk: Any) -> int:
+        text = _interpolate(chunk).strip().replace("_", "")
+        if not re.fullmatch(r"[-+]?\d+", text):
+            chunk.expecting_but_found("when expecting an integer")
+        value = int(text)
+        if self._min is not None and value < self._min:
+            chunk.expecting_but_found(f"when expecting an integer >= {self._min}")
+        if self._max is not None and value > self._max:
+            chunk.expecting_but_found(f"when expecting an integer <= {self._max}")
+        return value
+
+    def to_yaml(self, data: Any) -> str:
+        return str(data)
+
+
+class EnvBool(sy.ScalarValidator):
+    def validate_scalar(self, chunk: Any) -> bool:
+        text = _interpolate(chunk).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        chunk.expecting_but_found("when expecting a boolean (true or false)")
+        raise AssertionError  # unreachable: expecting_but_found raises
+
+    def to_yaml(self, data: Any) -> str:
+        return "true" if data else "false"
+
+
+def EnvEnum(*choices: str) -> sy.ScalarValidator:  # noqa: N802 - reads like a validator class
+    class _Enum(sy.ScalarValidator):
+        def validate_scalar(self, chunk: Any) -> str:
+            text = _interpolate(chunk).strip()
+            if text not in choices:
+                chunk.expecting_but_found(f"when expecting one of: {', '.join(choices)}")
+            return text
+
+        def to_yaml(self, data: Any) -> str:
+            return str(data)
+
+    return _Enum()
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """At most ``max_size`` events per batch; a partial batch waits at most ``max_delay_ms``.
+
+    A partial batch waits only while the previous write is still in flight: an idle
+    sink gets what is there at once, so the window never adds latency at low load.
+    """
+
+    max_size: int = 1000
+    max_delay_ms: int = 50
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    type: str
+    options: Any
+    line: int
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    type: str
+    options: Any
+    line: int
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    name: str
+    source: SourceConfig
+    batch: BatchPolicy
+    destinations: tuple[DestinationConfig, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    api: ApiConfig
+    flows: tuple[FlowConfig, ...]
+
+    def flow(self, name: str) -> FlowConfig:
+        for flow in self.flows:
+            if flow.name == name:
+                return flow
+        raise KeyError(name)
+
+
+_BATCH = sy.Map(
+    {
+        sy.Optional("max_size", default=1000): EnvInt(1, 1_000_000),
+        sy.Optional("max_delay_ms", default=50): EnvInt(0, 600_000),
+    }
+)
+_API = sy.Map(
+    {
+        sy.Optional("bind", default="127.0.0.1:8080"): EnvStr(),
+        sy.Optional("token"): EnvStr(),
+        sy.Optional("enabled", default=True): EnvBool(),
+    }
+)
+_FLOW = sy.Map(
+    {
+        "name": EnvStr(),
+        "source": sy.Any(),
+        sy.Optional("batch"): _BATCH,
+        "destinations": sy.Seq(sy.Any()),
+    }
+)
+_SCHEMA = sy.Map(
+    {
+        sy.Optional("api"): _API,
+        sy.Optional("flows"): sy.Seq(_FLOW),
+        # The original single-flow shorthand.
+        sy.Optional("nats"): sy.Any(),
+        sy.Optional("postgres"): sy.Any(),
+        sy.Optional("pipeline"): sy.Map(
+            {
+                sy.Optional("batch_size", default=1000): EnvInt(1, 1_000_000),
+                sy.Optional("batch_timeout_ms"): EnvInt(0, 600_000),
+                sy.Optional("max_delay_ms"): EnvInt(0, 600_000),
+            }
+        ),
+    }
+)
+
+
+def _err(path: str, line: int, message: str) -> str:
+    return f"{path}:{line}: {message}"
+
+
+def _yaml_error(path: str, exc: MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else 1
+    parts = [p for p in (exc.context, exc.problem) if p]
+    return _err(path, line, ": ".join(parts).replace("\n", " "))
+
+
+def _component(
+    path: str,
+    node: Any,
+    kind: str,
+    specs: Mapping[str, registry.ComponentSpec],
+    named: bool,
+    implied_type: str | None = None,
+) -> tuple[str, str, Any, int]:
+    line = node.start_line
+    if not isinstance(node.data, dict):
+        raise ConfigError(_err(path, line, f"{kind} must be a mapping"))
+    type_name = implied_type or node.data.get("type")
+    if type_name not in specs:
+        known = ", ".join(sorted(specs))
+        raise ConfigError(_err(path, line, f"unknown {kind} type {type_name!r} (known: {known})"))
+    spec = specs[type_name]
+    keys: dict[Any, Any] = {sy.Optional("type", default=type_name) if implied_type else "type": sy.Str()}
+    if named:
+        keys["name"] = EnvStr()
+    keys.update(spec.schema)
+    try:
+        node.revalidate(sy.Map(keys))
+    except sy.YAMLValidationError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
+    data = dict(node.data)
+    name = data.pop("name", "")
+    data.pop("type", None)
+    if named and not _NAME.match(name):
+        raise ConfigError(_err(path, line, f"{kind} name {name!r}: use letters, digits, _ . -"))
+    try:
+        options = spec.parse(data)
+    except ValueError as exc:
+        raise ConfigError(_err(path, line, f"{kind} {name or type_name!r}: {exc}")) from None
+    return name, type_name, options, line
+
+
+def _parse_bind(path: str, line: int, bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(_err(path, line, f"api.bind {bind!r}: expected HOST:PORT"))
+    return host.strip("[]"), int(port)
+
+
+def loads(text: str, path: str = "<config>") -> Config:
+    """Parse and validate a configuration document."""
+    try:
+        doc = sy.dirty_load(text, _SCHEMA, label=path, allow_flow_style=True)
+    except sy.YAMLValidationError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except MarkedYAMLError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except sy.exceptions.YAMLError as exc:  # pragma: no cover - strictyaml's unmarked errors
+        raise ConfigError(_err(path, 1, str(exc))) from None
+
+    errors: list[str] = []
+    api = ApiConfig()
+    if "api" in doc.data:
+        node = doc["api"]
+        host, port = _parse_bind(path, node.start_line, node.data["bind"])
+        api = ApiConfig(host, port, node.data.get("token") or None, node.data["enabled"])
+
+    flows: list[FlowConfig] = []
+    has_flows = "flows" in doc.data
+    has_short = any(k in doc.data for k in ("nats", "postgres", "pipeline"))
+    if has_flows and has_short:
+        raise ConfigError(
+            _err(path, 1, "use either 'flows' or the 'nats'/'postgres' shorthand, not both")
+        )
+    if has_short:
+        flows.append(_shorthand_flow(path, doc))
+    elif has_flows:
+        seen: set[str] = set()
+        for node in doc["flows"]:
+            try:
+                flow = _flow(path, node)
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+                continue
+            if flow.name in seen:
+                errors.append(_err(path, node.start_line, f"duplicate flow name {flow.name!r}"))
+            seen.add(flow.name)
+            flows.append(flow)
+    if not flows and not errors:
+        errors.append(_err(path, 1, "no flows configured (add a 'flows' list)"))
+    if errors:
+        raise ConfigError(errors)
+    return Config(path, api, tuple(flows))
+
+
+def _flow(path: str, node: Any) -> FlowConfig:
+    name = node.data["name"]
+    if not _NAME.match(name):
+        raise ConfigError(_err(path, node.start_line, f"flow name {name!r}: use letters, digits, _ . -"))
+    _, stype, sopts, sline = _component(path, node["source"], "source", registry.sources(), False)
+    batch = BatchPolicy(**node.data["batch"]) if "batch" in node.data else BatchPolicy()
+    dests: list[DestinationConfig] = []
+    errors: list[str] = []
+    if not node.data["destinations"]:
+        errors.append(_err(path, node.start_line, f"flow {name!r} has no destinations"))
+    names: set[str] = set()
+    for dnode in node["destinations"]:
+        try:
+            dname, dtype, dopts, dline = _component(
+                path, dnode, "destination", registry.destinations(), True
+            )
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            continue
+        if dname in names:
+            errors.append(_err(path, dline, f"duplicate destination name {dname!r} in flow {name!r}"))
+        names.add(dname)
+        dests.append(DestinationConfig(dname, dtype, dopts, dline))
+    if errors:
+        raise ConfigError(errors)
+    return FlowConfig(name, SourceConfig(stype, sopts, sline), batch, tuple(dests), node.start_line)
+
+
+def _shorthand_flow(path: str, doc: Any) -> FlowConfig:
+    for key in ("nats", "postgres"):
+        if key not in doc.data:
+            raise ConfigError(_err(path, 1, f"the single-flow shorthand needs a '{key}' section"))
+    _, stype, sopts, sline = _component(
+        path, doc["nats"], "source", registry.sources(), False, implied_type="nats"
+    )
+    _, dtype, dopts, dline = _component(
+        path, doc["postgres"], "destination", registry.destinations(), False, implied_type="postgres"
+    )
+    pipeline = doc.data.get("pipeline") or {}
+    delay = pipeline.get("max_delay_ms", pipeline.get("batch_timeout_ms", 50))
+    batch = BatchPolicy(pipeline.get("batch_size", 1000), delay)
+    dest = DestinationConfig("postgres", dtype, dopts, dline)
+    return FlowConfig("default", SourceConfig(stype, sopts, sline), batch, (dest,), 1)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}:0: cannot read: {exc.strerror}") from None
+    return loads(text, str(p))
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``; anything else unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))

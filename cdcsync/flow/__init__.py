@@ -1,0 +1,1 @@
+"""The pipeline of one flow: source -> batcher -> fan-out -> sinks -> acker."""

@@ -1,0 +1,242 @@
+"""The stages of a flow, each a small loop between two channel ends.
+
+source -> batcher -> fan-out -> one sink task per destination -> acker.
+Every channel is bounded, so a slow destination slows its own flow and nothing
+else; closing a send end drains the pipeline in order (graceful stop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+
+from cdcsync.config import BatchPolicy
+from cdcsync.errors import DecodeError, RetryableSinkError
+from cdcsync.events import decode
+from cdcsync.flow.batch import Batch, Delivery, Item, WriteResult
+from cdcsync.stats import DestinationStats, FlowStats
+
+__all__ = [
+    "Backoff",
+    "decode_batch",
+    "run_acker",
+    "run_batcher",
+    "run_fanout",
+    "run_keepalive",
+    "run_sink",
+]
+
+log = structlog.get_logger("cdcsync.flow")
+
+
+class Backoff:
+    """Capped exponential backoff: 0.2 s, 0.4 s, ... up to ``cap`` seconds."""
+
+    def __init__(self, first: float = 0.2, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def _drain(recv: trio.MemoryReceiveChannel[Delivery], out: list[Delivery], limit: int) -> bool:
+    """Move what is already buffered into ``out`` without waiting; False once the channel ended."""
+    while len(out) < limit:
+        try:
+            out.append(recv.receive_nowait())
+        except trio.WouldBlock:
+            return True
+        except trio.EndOfChannel:
+            return False
+    return True
+
+
+async def run_batcher(
+    recv: trio.MemoryReceiveChannel[Delivery],
+    send: trio.MemorySendChannel[list[Delivery]],
+    policy: BatchPolicy,
+) -> None:
+    """Group deliveries into batches without adding latency when the sinks are idle.
+
+    ``send`` has no buffer, so ``send_nowait`` succeeds exactly when the fan-out is
+    waiting for work: then whatever has arrived goes at once. While a write is in
+    flight the batch keeps filling, up to ``max_size`` or ``max_delay_ms``.
+    """
+    max_size, max_delay = policy.max_size, policy.max_delay_ms / 1000
+    async with recv, send:
+        open_ = True
+        while open_:
+            try:
+                items = [await recv.receive()]
+            except trio.EndOfChannel:
+                break
+            open_ = _drain(recv, items, max_size)
+            deadline = trio.current_time() + max_delay
+            while True:
+                if len(items) >= max_size or not open_:
+                    await send.send(items)
+                    break
+                try:
+                    send.send_nowait(items)
+                    break
+                except trio.WouldBlock:
+                    pass
+                with trio.move_on_at(deadline):
+                    try:
+                        items.append(await recv.receive())
+                    except trio.EndOfChannel:
+                        open_ = False
+                        continue
+                    open_ = _drain(recv, items, max_size)
+                    continue
+                await send.send(items)  # the window closed with the sinks still busy
+                break
+
+
+def decode_batch(deliveries: list[Delivery], fmt: str, max_bytes: int) -> list[Item]:
+    items = []
+    for d in deliveries:
+        if len(d.data) > max_bytes:
+            items.append(Item(d, None, f"message of {len(d.data)} bytes exceeds {max_bytes}"))
+            continue
+        try:
+            items.append(Item(d, decode(d.data, fmt)))
+        except DecodeError as exc:
+            items.append(Item(d, None, str(exc)))
+        except (RecursionError, ValueError, TypeError) as exc:
+            items.append(Item(d, None, f"cannot decode: {type(exc).__name__}: {exc}"))
+    return items
+
+
+async def run_fanout(
+    recv: trio.MemoryReceiveChannel[list[Delivery]],
+    sends: list[trio.MemorySendChannel[Batch]],
+    inflight: dict[int, Batch],
+    stats: FlowStats,
+    fmt: str,
+    max_bytes: int,
+) -> None:
+    """Decode each batch once and hand the same batch to every destination, in order."""
+    next_id = 1
+    async with recv:
+        try:
+            async for deliveries in recv:
+                batch = Batch(next_id, decode_batch(deliveries, fmt, max_bytes), time.monotonic())
+                next_id += 1
+                inflight[batch.id] = batch
+                stats.received += len(deliveries)
+                stats.rate.add(len(deliveries))
+                for send in sends:
+                    await send.send(batch)
+        finally:
+            for send in sends:
+                await send.aclose()
+
+
+async def run_sink(
+    sink: object,
+    recv: trio.MemoryReceiveChannel[Batch],
+    done: trio.MemorySendChannel[tuple[int, str]],
+    stats: DestinationStats,
+    flow_stats: FlowStats,
+    recover: Callable[[], Awaitable[None]],
+) -> None:
+    """Apply batches in order; on a retryable failure back off, reconnect and retry the batch."""
+    write: Callable[[Batch], Awaitable[WriteResult]] = sink.write  # type: ignore[attr-defined]
+    name: str = sink.name  # type: ignore[attr-defined]
+    backoff = Backoff()
+    async with recv, done:
+        async for batch in recv:
+            failed = False
+            while True:
+                try:
+                    result = await write(batch)
+                    break
+                except RetryableSinkError as exc:
+                    if not failed:
+                        stats.failed_batches += 1
+                        failed = True
+                    stats.retries += 1
+                    stats.status = flow_stats.status = "degraded"
+                    stats.last_error = flow_stats.last_error = str(exc)
+                    delay = backoff.next()
+                    log.warning(
+                        "write failed, retrying",
+                        flow=flow_stats.name,
+                        destination=name,
+                        error=str(exc),
+                        retry_in_s=delay,
+                    )
+                    await trio.sleep(delay)
+                    try:
+                        await recover()
+                    except RetryableSinkError as exc2:
+                        stats.last_error = flow_stats.last_error = str(exc2)
+            backoff.reset()
+            if failed:
+                log.info("destination recovered", flow=flow_stats.name, destination=name)
+                stats.status = "running"
+                if all(d.status == "running" for d in flow_stats.destinations.values()):
+                    flow_stats.status = "running"
+            stats.batches += 1
+            stats.written += result.written
+            stats.dead_lettered += result.dead_lettered
+            stats.skipped += result.skipped
+            stats.rate.add(result.written)
+            stats.last_batch_ms = round(result.seconds * 1000, 2)
+            stats.checkpoint = getattr(sink, "checkpoint", None)
+            if result.dead_lettered:
+                log.warning(
+                    "events dead-lettered",
+                    flow=flow_stats.name,
+                    destination=name,
+                    count=result.dead_lettered,
+                )
+            await done.send((batch.id, name))
+
+
+async def run_acker(
+    recv: trio.MemoryReceiveChannel[tuple[int, str]],
+    inflight: dict[int, Batch],
+    destinations: int,
+    ack: Callable[[list[Delivery]], Awaitable[None]],
+    stats: FlowStats,
+) -> None:
+    """Acknowledge a batch once every destination committed (or dead-lettered) all of it."""
+    async with recv:
+        async for batch_id, dest in recv:
+            batch = inflight[batch_id]
+            batch.done.add(dest)
+            if len(batch.done) == destinations:
+                del inflight[batch_id]
+                await ack([i.delivery for i in batch.items])
+                stats.acked += len(batch.items)
+
+
+async def run_keepalive(
+    inflight: dict[int, Batch],
+    in_progress: Callable[[list[Delivery]], Awaitable[None]],
+    ack_wait_s: float,
+) -> None:
+    """While a batch is still being written (or retried), stop JetStream redelivering it."""
+    period = max(1.0, ack_wait_s / 3)
+    while True:
+        await trio.sleep(period)
+        now = time.monotonic()
+        old = [i.delivery for b in list(inflight.values()) if now - b.created > period for i in b.items]
+        if old:
+            try:
+                await in_progress(old)
+            except Exception as exc:  # NATS down: the redelivery is harmless, the checkpoint dedups
+                log.debug("in-progress ack failed", error=repr(exc))
+
+

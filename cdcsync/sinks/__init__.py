@@ -1,0 +1,1 @@
+"""Destinations: where change events are applied."""

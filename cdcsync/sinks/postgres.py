@@ -1,0 +1,522 @@
+"""The PostgreSQL destination.
+
+One connection per (flow, destination) does all the writing and holds the
+advisory lock that makes it the only writer: a second instance with the same
+config waits as a standby until that session ends. Each batch is one
+transaction carrying the rows, the dead letters and the checkpoint, which is
+what makes a redelivered message a no-op (exactly-once effect).
+
+The coroutines prefixed ``_aio`` run on asyncio (asyncpg); the public methods
+are Trio and cross the bridge once per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+import strictyaml as sy
+import structlog
+
+from cdcsync.bridge import aio
+from cdcsync.config import EnvBool, EnvEnum, EnvStr, redact_url
+from cdcsync.errors import FatalSinkError, RetryableSinkError
+from cdcsync.events import ChangeEvent, Op
+from cdcsync.flow.batch import Batch, Item, WriteResult
+from cdcsync.registry import ComponentSpec
+from cdcsync.sinks import sql
+from cdcsync.sinks.compaction import Kind, Mode, compact
+
+__all__ = ["SPEC", "PostgresOptions", "PostgresSink", "is_retryable"]
+
+log = structlog.get_logger("cdcsync.sinks.postgres")
+
+# SQLSTATE classes that mean "the server or the connection is in trouble, not the data".
+_RETRY_CLASSES = {"08", "40", "53", "57", "58", "XX"}
+_RETRY_STATES = {"55P03", "55006", "25006"}  # lock not available, object in use, read-only txn
+_STALE_CATALOG = {"42P01", "42703"}  # undefined table / column: our cached catalog is old
+
+
+@dataclass(frozen=True)
+class PostgresOptions:
+    url: str
+    schema: str = "public"
+    conflict_resolution: Mode = Mode.UPSERT
+    tables: dict[str, str] = field(default_factory=dict)
+    truncate: bool = False
+    connect_timeout_s: float = 10.0
+
+    def redacted(self) -> dict[str, Any]:
+        return {
+            "url": redact_url(self.url),
+            "schema": self.schema,
+            "conflict_resolution": self.conflict_resolution.value,
+            "tables": dict(self.tables),
+            "truncate": self.truncate,
+        }
+
+
+def _parse(data: dict[str, Any]) -> PostgresOptions:
+    url = data["url"]
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ValueError(f"url {redact_url(url)!r} must start with postgresql://")
+    return PostgresOptions(
+        url=url,
+        schema=data["schema"],
+        conflict_resolution=Mode(data["conflict_resolution"]),
+        tables=dict(data.get("tables") or {}),
+        truncate=data["truncate"],
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when retrying the same batch later can succeed (connection, server, contention)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _RETRY_CLASSES or state in _RETRY_STATES
+    return isinstance(
+        exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.PostgresError):
+        detail = f" ({exc.detail})" if getattr(exc, "detail", None) else ""
+        return f"{exc.sqlstate}: {exc}{detail}".replace("\x00", "")
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "")
+
+
+class _StaleCatalog(Exception):
+    """A statement named a table or column that the catalog no longer has."""
+
+
+@dataclass(slots=True)
+class _Resolved:
+    item: Item
+    table: sql.TableInfo
+    key: Hashable
+    event: ChangeEvent
+
+
+class PostgresSink:
+    """Applies batches to one PostgreSQL database as the only writer for its flow."""
+
+    def __init__(self, flow: str, name: str, options: PostgresOptions) -> None:
+        self.flow = flow
+        self.name = name
+        self.options = options
+        self._conn: asyncpg.Connection | None = None
+        self._tables: dict[str, sql.TableInfo | None] = {}
+        self._stream: tuple[str, str] | None = None
+        self._checkpoint: int | None = None
+        self._sql_cache: dict[Hashable, str] = {}
+        self._cp_select, self._cp_upsert = sql.checkpoint_sql(options.schema)
+        self._dl_insert = sql.dead_letter_sql(options.schema)
+        self._lock_key = f"cdcsync:{flow}:{name}"
+        self._stale_is_data = False
+
+    # --- Trio side -----------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Connect and try to become the writer; False when another instance holds the lock."""
+        try:
+            return await aio(self._aio_connect)
+        except Exception as exc:
+            if is_retryable(exc) or isinstance(exc, asyncpg.InvalidCatalogNameError):
+                raise RetryableSinkError(_describe(exc)) from exc
+            raise FatalSinkError(_describe(exc)) from exc
+
+    async def prepare(self, stream: tuple[str, str] | None) -> int | None:
+        """Create the system tables, check mapped tables, and return the checkpoint.
+
+        ``stream`` is (stream name, creation time); ``None`` for a source without
+        sequence numbers, which keeps no checkpoint.
+        """
+        self._stream = stream
+        try:
+            return await aio(self._aio_prepare)
+        except FatalSinkError:
+            raise
+        except Exception as exc:
+            if is_retryable(exc):
+                raise RetryableSinkError(_describe(exc)) from exc
+            raise FatalSinkError(_describe(exc)) from exc
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Apply a batch in one transaction; raises RetryableSinkError to be retried whole."""
+        try:
+            return await aio(self._aio_write, batch.items)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise RetryableSinkError(_describe(exc)) from exc
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await aio(conn.close, timeout=2)
+            except Exception:
+                conn.terminate()
+
+    def abort(self) -> None:
+        """Drop the connection at once (and with it the writer lock)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    @property
+    def checkpoint(self) -> int | None:
+        return self._checkpoint
+
+    async def problems(self) -> list[str]:
+        """What stops this destination from working, in plain words (for ``check --connect``)."""
+        try:
+            await aio(self._aio_connect_only)
+        except Exception as exc:
+            return [f"cannot connect to {redact_url(self.options.url)}: {_describe(exc)}"]
+        try:
+            return await aio(self._aio_check_mapped)
+        finally:
+            await self.close()
+
+    # --- asyncio side --------------------------------------------------------------------
+
+    async def _aio_connect_only(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        self._conn = await asyncpg.connect(
+            self.options.url,
+            timeout=self.options.connect_timeout_s,
+            server_settings={"application_name": f"cdcsync:{self.flow}:{self.name}"},
+        )
+
+    async def _aio_connect(self) -> bool:
+        await self._aio_connect_only()
+        assert self._conn is not None
+        got = await self._conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self._lock_key
+        )
+        return bool(got)
+
+    async def _aio_prepare(self) -> int | None:
+        conn = self._conn
+        assert conn is not None
+        async with conn.transaction():
+            # Several flows may start at once against one database: serialize the DDL.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cdcsync:ddl'))")
+            for stmt in sql.system_tables_sql(self.options.schema):
+                await conn.execute(stmt)
+        problems = await self._aio_check_mapped()
+        if problems:
+            raise FatalSinkError("; ".join(problems))
+        self._checkpoint = await self._aio_load_checkpoint()
+        return self._checkpoint
+
+    async def _aio_load_checkpoint(self) -> int | None:
+        if self._stream is None:
+            return None
+        assert self._conn is not None
+        row = await self._conn.fetchrow(self._cp_select, self.flow, self.name)
+        if row is None:
+            return None
+        stream, created = self._stream
+        if row["stream"] != stream or (row["stream_created"] and row["stream_created"] != created):
+            log.warning(
+                "checkpoint is for another stream; starting this destination from scratch",
+                flow=self.flow,
+                destination=self.name,
+                checkpoint_stream=row["stream"],
+                stream=stream,
+            )
+            return None
+        return int(row["last_seq"])
+
+    async def _aio_check_mapped(self) -> list[str]:
+        targets = sorted(set(self.options.tables.values()))
+        if not targets:
+            return []
+        self._tables = {k: v for k, v in self._tables.items() if k not in targets}
+        await self._aio_lookup(targets)
+        problems = []
+        schema = self.options.schema
+        for target in targets:
+            info = self._tables.get(target)
+            if info is None:
+                problems.append(
+                    f"destination {self.name!r}: table {schema}.{target} does not exist "
+                    f"(create it, or fix the 'tables' mapping)"
+                )
+            elif not info.key:
+                problems.append(
+                    f"destination {self.name!r}: table {schema}.{target} has no primary key or "
+                    f"unique index on NOT NULL columns (fix: ALTER TABLE "
+                    f"{sql.quote_ident(schema)}.{sql.quote_ident(target)} ADD PRIMARY KEY (...))"
+                )
+        return problems
+
+    async def _aio_lookup(self, names: list[str]) -> None:
+        """Read table definitions from the catalog for names not cached yet."""
+        missing = [n for n in names if n not in self._tables and "\x00" not in n]
+        for n in names:
+            if "\x00" in n:
+                self._tables[n] = None
+        if not missing:
+            return
+        conn = self._conn
+        assert conn is not None
+        rows = await conn.fetch(sql.CATALOG_TABLES, self.options.schema, missing)
+        oids = {r["oid"]: r["relname"] for r in rows}
+        columns: dict[int, dict[str, sql.Column]] = {oid: {} for oid in oids}
+        keys: dict[int, list[tuple[bool, list[str], bool]]] = {oid: [] for oid in oids}
+        if oids:
+            for r in await conn.fetch(sql.CATALOG_COLUMNS, list(oids)):
+                columns[r[0]][r[1]] = sql.Column(r[1], r[2], r[3], r[4], r[5])
+            for r in await conn.fetch(sql.CATALOG_KEYS, list(oids)):
+                keys[r[0]].append((r[1], list(r[2]), r[3]))
+        if len(self._tables) > 10_000:
+            self._tables.clear()  # hostile input naming endless tables: keep the cache bounded
+        for n in missing:
+            self._tables[n] = None
+        for oid, name in oids.items():
+            key = sql.pick_key(keys[oid]) or ()
+            self._tables[name] = sql.TableInfo(self.options.schema, name, columns[oid], key)
+
+    def _resolve(self, items: list[Item]) -> tuple[list[_Resolved], list[tuple[Item, str]], int]:
+        """Name every event's table and key from the catalog, or say why it cannot be applied."""
+        resolved: list[_Resolved] = []
+        dead: list[tuple[Item, str]] = []
+        skipped = 0
+        mapping = self.options.tables
+        schema = self.options.schema
+        for item in items:
+            if item.error is not None:
+                dead.append((item, item.error))
+                continue
+            ev = item.event
+            if ev is None:
+                skipped += 1
+                continue
+            target = mapping.get(ev.table, ev.table)
+            info = self._tables.get(target)
+            if info is None:
+                shown = f"{ev.table!r}" + (f" (mapped to {target!r})" if target != ev.table else "")
+                dead.append((item, f"unknown table {shown} in schema {schema!r}"))
+                continue
+            if not info.key:
+                dead.append((item, f"table {schema}.{target} has no primary key or usable unique index"))
+                continue
+            if ev.op is Op.TRUNCATE:
+                if self.options.truncate:
+                    resolved.append(_Resolved(item, info, None, ev))
+                else:
+                    skipped += 1
+                continue
+            cols = info.columns
+            unknown = [c for c in ev.data if c not in cols]
+            if unknown:
+                shown_cols = ", ".join(repr(c) for c in unknown[:5])
+                dead.append((item, f"unknown column(s) {shown_cols} in table {schema}.{target}"))
+                continue
+            data = ev.data
+            if any(cols[c].generated for c in data):
+                data = {c: v for c, v in data.items() if not cols[c].generated}
+                ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
+            try:
+                key = tuple(data[c] for c in info.key)
+                hash(key)
+            except KeyError:
+                missing = [c for c in info.key if c not in data]
+                dead.append((item, f"missing primary key column(s) {missing} for {schema}.{target}"))
+                continue
+            except TypeError:
+                dead.append((item, f"primary key of {schema}.{target} must be scalar values"))
+                continue
+            if any(v is None for v in key):
+                dead.append((item, f"primary key of {schema}.{target} contains null"))
+                continue
+            resolved.append(_Resolved(item, info, key, ev))
+        return resolved, dead, skipped
+
+    def _sql(self, cache_key: Hashable, build: Any, *args: Any) -> str:
+        text = self._sql_cache.get(cache_key)
+        if text is None:
+            if len(self._sql_cache) > 2_000:
+                self._sql_cache.clear()
+            text = self._sql_cache[cache_key] = build(*args)
+        return text
+
+    async def _aio_execute(self, group: list[_Resolved]) -> None:
+        """Run the compacted statements for a group of resolved events."""
+        conn = self._conn
+        assert conn is not None
+        tables: dict[str, sql.TableInfo] = {}
+        for r in group:
+            tables.setdefault(r.table.name, r.table)
+        plans = compact(
+            ((r.table.name, r.key, r.event) for r in group), self.options.conflict_resolution
+        )
+        order = [name for name in tables if name in plans]
+        for name in order:
+            if plans[name].truncate:
+                await conn.execute(self._sql(("truncate", name), sql.truncate_sql, tables[name]))
+        for name in reversed(order):
+            info = tables[name]
+            keys = [
+                dict(zip(info.key, k, strict=True))
+                for k, op in plans[name].ops.items()
+                if op.kind is Kind.DELETE
+            ]
+            if keys:
+                stmt = self._sql(("delete", name, info.key), sql.delete_sql, info)
+                await conn.execute(stmt, orjson.dumps(keys).decode())
+        for name in order:
+            info = tables[name]
+            groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
+            for op in plans[name].ops.values():
+                if op.kind is Kind.DELETE:
+                    continue
+                cols = tuple(c for c in info.columns if c in op.cols)
+                groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
+            for (kind, cols, keep), rows in groups.items():
+                stmt = self._sql(
+                    ("write", name, kind, cols, keep, info.key), sql.write_sql, info, kind, cols, keep
+                )
+                await conn.execute(stmt, orjson.dumps(rows).decode())
+
+    async def _aio_apply_split(
+        self, group: list[_Resolved], dead: list[tuple[Item, str]]
+    ) -> int:
+        """Apply in savepoints, halving on data errors until the bad events stand alone."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            async with conn.transaction():
+                await self._aio_execute(group)
+            return len(group)
+        except asyncpg.PostgresError as exc:
+            if is_retryable(exc):
+                raise
+            if exc.sqlstate in _STALE_CATALOG and not self._stale_is_data:
+                raise _StaleCatalog from exc
+            if len(group) == 1:
+                dead.append((group[0].item, _describe(exc)))
+                return 0
+        mid = len(group) // 2
+        return await self._aio_apply_split(group[:mid], dead) + await self._aio_apply_split(
+            group[mid:], dead
+        )
+
+    async def _aio_write(self, items: list[Item]) -> WriteResult:
+        started = time.perf_counter()
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            raise asyncpg.ConnectionDoesNotExistError("not connected")
+        checkpointed = self._stream is not None
+        last = self._checkpoint or 0
+        todo: list[Item] = []
+        skipped = 0
+        for item in items:
+            seq = item.delivery.seq
+            if checkpointed and seq <= last:
+                skipped += 1  # applied before (redelivery or duplicate within the batch)
+                continue
+            last = max(last, seq)
+            todo.append(item)
+        if not todo:
+            return WriteResult(skipped=skipped, seconds=time.perf_counter() - started)
+        mapping = self.options.tables
+        names = {mapping.get(i.event.table, i.event.table) for i in todo if i.event is not None}
+        await self._aio_lookup(sorted(names))
+        for attempt in range(3):
+            # After two catalog refreshes, a schema error is the event's fault: dead-letter it.
+            self._stale_is_data = attempt == 2
+            resolved, dead, skip2 = self._resolve(todo)
+            try:
+                written = await self._aio_transaction(resolved, dead, last, split=attempt > 0)
+            except _StaleCatalog:
+                self._tables.clear()
+                await self._aio_lookup(sorted(names))
+                continue
+            self._checkpoint = last if checkpointed else None
+            return WriteResult(
+                written, len(dead), skipped + skip2, seconds=time.perf_counter() - started
+            )
+        raise RetryableSinkError("catalog keeps changing under the batch; retrying later")
+
+    async def _aio_transaction(
+        self, resolved: list[_Resolved], dead: list[tuple[Item, str]], last: int, split: bool
+    ) -> int:
+        conn = self._conn
+        assert conn is not None
+        dead_before = len(dead)
+        if not split:
+            # Fast path: no savepoints. A data error rolls back and we come back to split.
+            try:
+                async with conn.transaction():
+                    if resolved:
+                        await self._aio_execute(resolved)
+                    await self._aio_finish(dead, last)
+                return len(resolved)
+            except asyncpg.PostgresError as exc:
+                if is_retryable(exc):
+                    raise
+                if exc.sqlstate in _STALE_CATALOG and not self._stale_is_data:
+                    raise _StaleCatalog from exc
+                del dead[dead_before:]
+        async with conn.transaction():
+            written = await self._aio_apply_split(resolved, dead) if resolved else 0
+            await self._aio_finish(dead, last)
+        return written
+
+    async def _aio_finish(self, dead: list[tuple[Item, str]], last: int) -> None:
+        conn = self._conn
+        assert conn is not None
+        if dead:
+            await conn.execute(
+                self._dl_insert,
+                self.flow,
+                self.name,
+                [i.delivery.subject.replace("\x00", "") for i, _ in dead],
+                [i.delivery.seq if self._stream is not None else None for i, _ in dead],
+                [i.delivery.data for i, _ in dead],
+                [reason.replace("\x00", "") for _, reason in dead],
+                [i.event.table.replace("\x00", "") if i.event else None for i, _ in dead],
+            )
+        if self._stream is not None:
+            stream, created = self._stream
+            await conn.execute(self._cp_upsert, self.flow, self.name, stream, created, last)
+
+
+_SCHEMA = {
+    "url": EnvStr(),
+    sy.Optional("schema", default="public"): EnvStr(),
+    sy.Optional("conflict_resolution", default="upsert"): EnvEnum("upsert", "replace", "ignore"),
+    sy.Optional("tables"): sy.MapPattern(EnvStr(), EnvStr()),
+    sy.Optional("truncate", default=False): EnvBool(),
+}
+
+SPEC = ComponentSpec(
+    name="postgres",
+    kind="destination",
+    summary="Apply change events to PostgreSQL tables, one transaction per batch.",
+    schema=_SCHEMA,
+    parse=_parse,
+    factory=PostgresSink,
+    example="""\
+      - name: primary
+        type: postgres
+        # libpq-style URL; ${VAR:-default} works in every string
+        url: ${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}
+        schema: public                  # where target tables and cdcsync_* tables live
+        conflict_resolution: upsert     # upsert | replace | ignore
+        # tables: {users: app_users}    # optional: event table -> target table
+        # truncate: false               # apply Debezium truncate events
+""",
+    secrets=("url",),
+)

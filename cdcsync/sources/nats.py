@@ -1,0 +1,455 @@
+"""The NATS source: core subjects (at-most-once) and JetStream durable consumers.
+
+JetStream delivery is a push consumer feeding a Trio memory channel from the
+nats-py callback with ``send_nowait`` (no bridge crossing per message). Trio
+cannot backpressure an asyncio callback, so the bound comes from the protocol:
+``max_ack_pending`` caps what the server hands us, and the channel holds twice
+that (redelivered copies of messages we still hold). The consumer is recreated
+at every start, positioned just after the lowest checkpoint of the flow's
+destinations: PostgreSQL holds the truth about what was applied, so a restart
+(or ``kill -9``) resumes exactly there. A gap in the consumer's delivery
+sequence means a message was lost on the way to us; the source fails and the
+flow restarts from the checkpoints rather than skip it.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import strictyaml as sy
+import structlog
+import trio
+from nats.js import api as js_api
+
+from cdcsync.bridge import aio
+from cdcsync.config import EnvBool, EnvEnum, EnvInt, EnvStr, redact_url
+from cdcsync.errors import SourceError
+from cdcsync.flow.batch import Delivery
+from cdcsync.registry import ComponentSpec
+
+__all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource"]
+
+log = structlog.get_logger("cdcsync.sources.nats")
+
+_ACK = b"+ACK"
+_WPI = b"+WPI"
+
+
+@dataclass(frozen=True)
+class JetStreamOptions:
+    stream: str
+    durable: str
+    max_ack_pending: int = 20_000
+    ack_wait_s: int = 60
+    deliver: str = "all"
+    create_stream: bool = True
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    servers: tuple[str, ...]
+    subject: str
+    jetstream: JetStreamOptions | None = None
+    format: str = "auto"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey_seed: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    buffer: int = 20_000
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "servers": [redact_url(s) for s in self.servers],
+            "subject": self.subject,
+            "format": self.format,
+            "jetstream": None,
+        }
+        if self.jetstream is not None:
+            js = self.jetstream
+            out["jetstream"] = {
+                "stream": js.stream,
+                "durable": js.durable,
+                "max_ack_pending": js.max_ack_pending,
+                "ack_wait_s": js.ack_wait_s,
+                "deliver": js.deliver,
+            }
+        for secret in ("password", "token", "nkey_seed"):
+            if getattr(self, secret):
+                out[secret] = "***"
+        if self.user:
+            out["user"] = self.user
+        return out
+
+
+def _parse(data: dict[str, Any]) -> NatsOptions:
+    servers = tuple(data["servers"])
+    if not servers:
+        raise ValueError("servers must list at least one nats:// URL")
+    for s in servers:
+        if "://" not in s:
+            raise ValueError(f"server {redact_url(s)!r} must be a URL like nats://host:4222")
+    js = None
+    if "jetstream" in data and data["jetstream"] is not None:
+        j = data["jetstream"]
+        js = JetStreamOptions(
+            stream=j["stream"],
+            durable=j["durable"],
+            max_ack_pending=j["max_ack_pending"],
+            ack_wait_s=j["ack_wait_s"],
+            deliver=j["deliver"],
+            create_stream=j["create_stream"],
+        )
+        for label, value in (("stream", js.stream), ("durable", js.durable)):
+            if not value or any(ch in value for ch in " .*>\t"):
+                raise ValueError(f"jetstream.{label} {value!r} must not contain spaces, '.', '*', '>'")
+    tls = data.get("tls") or {}
+    return NatsOptions(
+        servers=servers,
+        subject=data["subject"],
+        jetstream=js,
+        format=data["format"],
+        user=data.get("user"),
+        password=data.get("password"),
+        token=data.get("token"),
+        creds=data.get("creds"),
+        nkey_seed=data.get("nkey_seed"),
+        tls_ca=tls.get("ca"),
+        tls_cert=tls.get("cert"),
+        tls_key=tls.get("key"),
+        buffer=data["buffer"],
+        max_message_bytes=data["max_message_bytes"],
+    )
+
+
+class NatsSource:
+    """Delivers a flow's messages in stream order into a Trio channel."""
+
+    def __init__(self, flow: str, options: NatsOptions) -> None:
+        self.flow = flow
+        self.options = options
+        self._nc: Any = None
+        self._js: Any = None
+        self._sub: Any = None
+        self._send: trio.MemorySendChannel[Delivery] | None = None
+        self._failure: BaseException | None = None
+        self._wake = trio.Event()
+        self._stopped = False
+        self._dseq = 0
+        self._seq = 0
+        self.dropped = 0
+        self.connected = False
+
+    @property
+    def jetstream(self) -> bool:
+        return self.options.jetstream is not None
+
+    def channel_size(self) -> int:
+        js = self.options.jetstream
+        return 2 * js.max_ack_pending + 16 if js is not None else self.options.buffer
+
+    # --- lifecycle (Trio) ----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        try:
+            await aio(self._aio_connect)
+        except Exception as exc:
+            raise SourceError(f"cannot connect to NATS {self._servers_text()}: {exc!r}") from exc
+
+    async def identity(self) -> tuple[str, str] | None:
+        """(stream, creation time) for checkpoints; creates the stream when allowed."""
+        if self.options.jetstream is None:
+            return None
+        try:
+            return await aio(self._aio_identity)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"JetStream stream: {exc!r}") from exc
+
+    async def run(
+        self,
+        start_after: int | None,
+        send: trio.MemorySendChannel[Delivery],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Subscribe and deliver until :meth:`stop`; then close ``send`` so the flow drains."""
+        self._wake = trio.Event()
+        self._failure = None
+        if self._stopped:
+            self._wake.set()
+        async with send:
+            self._send = send
+            try:
+                await aio(self._aio_subscribe, start_after)
+            except Exception as exc:
+                raise SourceError(f"cannot subscribe: {exc!r}") from exc
+            task_status.started()
+            await self._wake.wait()
+            self._send = None  # later callbacks drop their message: it stays unacked
+            if self._failure is not None:
+                raise self._failure
+            await self._unsubscribe()
+
+    def stop(self) -> None:
+        """Stop reading; what was received still flows through and gets acked."""
+        self._stopped = True
+        self._wake.set()
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                with trio.move_on_after(3):
+                    await aio(nc.close)
+            except Exception:  # closing a broken connection: nothing left to save
+                pass
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge a committed batch: one bridge crossing for all of it."""
+        if self.options.jetstream is not None and deliveries:
+            await aio(self._aio_reply, [d.handle for d in deliveries], _ACK)
+
+    async def in_progress(self, deliveries: list[Delivery]) -> None:
+        """Tell JetStream these are still being worked on (resets their ack_wait)."""
+        if self.options.jetstream is not None and deliveries:
+            await aio(self._aio_reply, [d.handle for d in deliveries], _WPI)
+
+    async def pending(self) -> int | None:
+        """Messages the consumer has not delivered yet plus those awaiting our ack."""
+        js = self.options.jetstream
+        if js is None or self._js is None:
+            return None
+        try:
+            info = await aio(self._js.consumer_info, js.stream, js.durable)
+        except Exception:
+            return None
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    # --- asyncio side --------------------------------------------------------------------
+
+    def _servers_text(self) -> str:
+        return ", ".join(redact_url(s) for s in self.options.servers)
+
+    async def _aio_connect(self) -> None:
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "servers": list(o.servers),
+            "name": f"cdcsync:{self.flow}",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+            "error_cb": self._aio_on_error,
+            "disconnected_cb": self._aio_on_disconnect,
+            "reconnected_cb": self._aio_on_reconnect,
+            "pending_size": 64 * 1024 * 1024,
+        }
+        if o.user:
+            kwargs["user"] = o.user
+            kwargs["password"] = o.password
+        if o.token:
+            kwargs["token"] = o.token
+        if o.creds:
+            kwargs["user_credentials"] = o.creds
+        if o.nkey_seed:
+            kwargs["nkeys_seed_str"] = o.nkey_seed
+        if o.tls_ca or o.tls_cert or any(s.startswith("tls://") for s in o.servers):
+            ctx = ssl.create_default_context(cafile=o.tls_ca)
+            if o.tls_cert:
+                ctx.load_cert_chain(o.tls_cert, o.tls_key)
+            kwargs["tls"] = ctx
+        self._nc = await nats.connect(**kwargs)
+        self._js = self._nc.jetstream()
+        self.connected = True
+
+    async def _aio_on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self._fail(SourceError("nats-py dropped messages (slow consumer)"))
+            return
+        log.warning("nats error", flow=self.flow, error=repr(exc))
+
+    async def _aio_on_disconnect(self) -> None:
+        self.connected = False
+        log.warning("nats disconnected", flow=self.flow)
+
+    async def _aio_on_reconnect(self) -> None:
+        self.connected = True
+        log.info("nats reconnected", flow=self.flow)
+
+    async def _aio_identity(self) -> tuple[str, str]:
+        js_opts = self.options.jetstream
+        assert js_opts is not None
+        try:
+            info = await self._js.stream_info(js_opts.stream)
+        except nats.js.errors.NotFoundError:
+            if not js_opts.create_stream:
+                raise SourceError(f"stream {js_opts.stream!r} does not exist") from None
+            log.info("creating stream", stream=js_opts.stream, subject=self.options.subject)
+            info = await self._js.add_stream(name=js_opts.stream, subjects=[self.options.subject])
+        created = info.created.isoformat() if info.created else ""
+        return js_opts.stream, created
+
+    async def _aio_subscribe(self, start_after: int | None) -> None:
+        o = self.options
+        self._dseq = 0
+        if o.jetstream is None:
+            self._sub = await self._nc.subscribe(
+                o.subject, cb=self._aio_on_msg, pending_msgs_limit=o.buffer, pending_bytes_limit=0
+            )
+            return
+        j = o.jetstream
+        try:
+            await self._js.delete_consumer(j.stream, j.durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        config = js_api.ConsumerConfig(
+            durable_name=j.durable,
+            deliver_subject=self._nc.new_inbox(),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=float(j.ack_wait_s),
+            max_ack_pending=j.max_ack_pending,
+            max_deliver=-1,
+            filter_subject=o.subject,
+            flow_control=True,
+            idle_heartbeat=5.0,
+        )
+        if start_after is not None:
+            config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start_after + 1
+        elif j.deliver == "new":
+            config.deliver_policy = js_api.DeliverPolicy.NEW
+        else:
+            config.deliver_policy = js_api.DeliverPolicy.ALL
+        await self._js.add_consumer(j.stream, config=config)
+        self._sub = await self._js.subscribe_bind(
+            j.stream,
+            config,
+            j.durable,
+            cb=self._aio_on_msg,
+            manual_ack=True,
+            pending_msgs_limit=self.channel_size(),
+            pending_bytes_limit=0,
+        )
+        log.info(
+            "consumer started",
+            flow=self.flow,
+            stream=j.stream,
+            durable=j.durable,
+            start_seq=(start_after + 1) if start_after is not None else j.deliver,
+        )
+
+    async def _aio_on_msg(self, msg: Any) -> None:
+        send = self._send
+        if send is None:
+            return
+        if self.options.jetstream is not None:
+            tokens = msg.reply.split(".")
+            if len(tokens) == 9:
+                sseq, dseq = int(tokens[5]), int(tokens[6])
+            elif len(tokens) >= 11:
+                sseq, dseq = int(tokens[7]), int(tokens[8])
+            else:
+                self._fail(SourceError(f"unexpected JetStream reply subject {msg.reply!r}"))
+                return
+            if dseq != self._dseq + 1:
+                self._fail(
+                    SourceError(f"delivery gap: expected delivery {self._dseq + 1}, got {dseq}")
+                )
+                return
+            self._dseq = dseq
+        else:
+            self._seq += 1
+            sseq = self._seq
+        try:
+            send.send_nowait(Delivery(sseq, msg.subject, msg.data, msg.reply, time.monotonic()))
+        except trio.WouldBlock:
+            if self.options.jetstream is not None:
+                self._fail(SourceError("delivery channel overflow (more than max_ack_pending)"))
+            else:
+                self.dropped += 1  # core NATS is at-most-once: shed load rather than grow
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._send = None
+        self._wake.set()
+
+    async def _aio_reply(self, replies: list[str], payload: bytes) -> None:
+        publish = self._nc.publish
+        for reply in replies:
+            await publish(reply, payload)
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                with trio.move_on_after(2):
+                    await aio(sub.unsubscribe)
+            except Exception:
+                pass
+
+
+_JETSTREAM = sy.Map(
+    {
+        "stream": EnvStr(),
+        "durable": EnvStr(),
+        sy.Optional("max_ack_pending", default=20_000): EnvInt(1, 1_000_000),
+        sy.Optional("ack_wait_s", default=60): EnvInt(5, 86_400),
+        sy.Optional("deliver", default="all"): EnvEnum("all", "new"),
+        sy.Optional("create_stream", default=True): EnvBool(),
+    }
+)
+
+_SCHEMA = {
+    "servers": sy.Seq(EnvStr()),
+    "subject": EnvStr(),
+    sy.Optional("jetstream"): _JETSTREAM,
+    sy.Optional("format", default="auto"): EnvEnum("cdc", "debezium", "auto"),
+    sy.Optional("user"): EnvStr(),
+    sy.Optional("password"): EnvStr(),
+    sy.Optional("token"): EnvStr(),
+    sy.Optional("creds"): EnvStr(),
+    sy.Optional("nkey_seed"): EnvStr(),
+    sy.Optional("tls"): sy.Map(
+        {sy.Optional("ca"): EnvStr(), sy.Optional("cert"): EnvStr(), sy.Optional("key"): EnvStr()}
+    ),
+    sy.Optional("buffer", default=20_000): EnvInt(1, 10_000_000),
+    sy.Optional("max_message_bytes", default=8 * 1024 * 1024): EnvInt(1, 1 << 30),
+}
+
+SPEC = ComponentSpec(
+    name="nats",
+    kind="source",
+    summary="Read change events from a NATS subject, or durably from a JetStream stream.",
+    schema=_SCHEMA,
+    parse=_parse,
+    factory=NatsSource,
+    example="""\
+    source:
+      type: nats
+      servers: ["${NATS_URL:-nats://127.0.0.1:4222}"]
+      subject: "cdc.users.>"
+      jetstream:                  # omit for core NATS (at-most-once)
+        stream: CDC               # created with the flow's subject if missing
+        durable: cdcsync-users
+        # max_ack_pending: 20000  # in-flight bound (memory)
+        # ack_wait_s: 60
+        # deliver: all            # all | new: where a flow with no checkpoint starts
+      format: auto                # cdc | debezium | auto
+""",
+    secrets=("password", "token", "nkey_seed"),
+)

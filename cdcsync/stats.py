@@ -1,0 +1,122 @@
+"""Live counters of every flow: the one source for the API, logs and (later) metrics.
+
+Plain attributes updated from Trio tasks (one thread, no locks). Rates are
+kept in one-second buckets over the last ten seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DestinationStats", "FlowStats", "Rate"]
+
+_WINDOW = 10
+
+
+class Rate:
+    """Events per second over the last ten seconds."""
+
+    __slots__ = ("_buckets", "_clock")
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[int, int] = {}
+
+    def add(self, n: int) -> None:
+        now = int(self._clock())
+        self._buckets[now] = self._buckets.get(now, 0) + n
+        if len(self._buckets) > _WINDOW + 2:
+            for sec in [s for s in self._buckets if s <= now - _WINDOW]:
+                del self._buckets[sec]
+
+    def per_second(self) -> float:
+        now = int(self._clock())
+        total = sum(n for s, n in self._buckets.items() if now - _WINDOW < s <= now)
+        return round(total / _WINDOW, 1)
+
+    def reset(self) -> None:
+        self._buckets.clear()
+
+
+@dataclass
+class DestinationStats:
+    name: str
+    status: str = "starting"
+    written: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_batch_ms: float | None = None
+    checkpoint: int | None = None
+    rate: Rate = field(default_factory=Rate)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "written": self.written,
+            "dead_lettered": self.dead_lettered,
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "failed_batches": self.failed_batches,
+            "retries": self.retries,
+            "last_error": self.last_error,
+            "last_batch_latency_ms": self.last_batch_ms,
+            "events_per_second": self.rate.per_second(),
+            "checkpoint": self.checkpoint,
+        }
+
+    def reset(self) -> None:
+        self.written = self.dead_lettered = self.skipped = 0
+        self.batches = self.failed_batches = self.retries = 0
+        self.last_error = None
+        self.rate.reset()
+
+
+@dataclass
+class FlowStats:
+    name: str
+    status: str = "starting"
+    received: int = 0
+    acked: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    pending: int | None = None
+    jetstream: bool = False
+    destinations: dict[str, DestinationStats] = field(default_factory=dict)
+    rate: Rate = field(default_factory=Rate)
+
+    def destination(self, name: str) -> DestinationStats:
+        if name not in self.destinations:
+            self.destinations[name] = DestinationStats(name)
+        return self.destinations[name]
+
+    def snapshot(self) -> dict[str, Any]:
+        dests = [d.snapshot() for d in self.destinations.values()]
+        return {
+            "name": self.name,
+            "status": self.status,
+            "received": self.received,
+            "acked": self.acked,
+            "written": sum(d["written"] for d in dests),
+            "dead_lettered": sum(d["dead_lettered"] for d in dests),
+            "failed_batches": sum(d["failed_batches"] for d in dests),
+            "retries": sum(d["retries"] for d in dests),
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "events_per_second": self.rate.per_second(),
+            "consumer_pending": self.pending,
+            "destinations": dests,
+        }
+
+    def reset(self) -> None:
+        self.received = self.acked = self.restarts = 0
+        self.last_error = None
+        self.rate.reset()
+        for d in self.destinations.values():
+            d.reset()

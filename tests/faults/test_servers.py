@@ -1,0 +1,148 @@
+"""The fault-injection helpers in tests/servers.py do what the fault tests rely on.
+
+Plain sync tests: clients run under `asyncio.run`, independent of trio, so a failure
+here points at the helpers, not at cdcsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import asyncpg
+import nats
+import pytest
+from servers import NatsServer, PostgresServer, nats_info, port_open
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_server() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+async def _nats_connect(url: str) -> nats.NATS:
+    return await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+
+
+def test_nats_server_starts_with_jetstream_on_loopback(nats_server: NatsServer) -> None:
+    """A started NatsServer answers INFO with JetStream on its 127.0.0.1 URL; stop frees it."""
+    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    info = nats_info(nats_server.port)
+    assert info is not None
+    assert info["jetstream"] is True
+    nats_server.stop()
+    assert not port_open(nats_server.port)
+
+
+def test_jetstream_message_survives_kill_and_restart(nats_server: NatsServer, unique: str) -> None:
+    """A JetStream-acked message is still in its stream after SIGKILL + restart (same URL)."""
+    stream = unique.upper()
+
+    async def publish() -> int:
+        nc = await _nats_connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=stream, subjects=[f"{unique}.>"])
+            ack = await js.publish(f"{unique}.x", b"survivor")
+            return ack.seq
+        finally:
+            await nc.close()
+
+    async def read(seq: int) -> bytes | None:
+        nc = await _nats_connect(nats_server.url)
+        try:
+            return (await nc.jetstream().get_msg(stream, seq)).data
+        finally:
+            await nc.close()
+
+    seq = asyncio.run(publish())
+    nats_server.kill()
+    assert not nats_server.running
+    nats_server.restart()
+    assert asyncio.run(read(seq)) == b"survivor"
+
+
+def test_nats_pause_stalls_and_resume_recovers(nats_server: NatsServer) -> None:
+    """A paused NatsServer accepts TCP (kernel backlog) but sends nothing; resume restores it."""
+    nats_server.pause()
+    try:
+        with socket.create_connection(("127.0.0.1", nats_server.port), timeout=1) as s:
+            s.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                s.recv(1)
+    finally:
+        nats_server.resume()
+    assert nats_info(nats_server.port) is not None
+
+
+def test_postgres_row_survives_kill_and_restart(pg_server: PostgresServer) -> None:
+    """A committed row is still there after SIGKILL of postmaster + backends and a restart."""
+
+    async def write() -> None:
+        conn = await asyncpg.connect(pg_server.url, timeout=5)
+        try:
+            await conn.execute("CREATE TABLE t (v text)")
+            await conn.execute("INSERT INTO t VALUES ('survivor')")
+        finally:
+            await conn.close()
+
+    async def read() -> list[str]:
+        conn = await asyncpg.connect(pg_server.url, timeout=5)
+        try:
+            return [r["v"] for r in await conn.fetch("SELECT v FROM t")]
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+    pg_server.kill()
+    assert not pg_server.running
+    assert not port_open(pg_server.port)
+    pg_server.restart()
+    assert asyncio.run(read()) == ["survivor"]
+
+
+def test_postgres_pause_stalls_and_resume_recovers(pg_server: PostgresServer) -> None:
+    """Queries on an open connection hang (no error) while paused and complete after resume."""
+
+    async def scenario() -> int:
+        conn = await asyncpg.connect(pg_server.url, timeout=5)
+        try:
+            pg_server.pause()
+            try:
+                with pytest.raises(TimeoutError):
+                    await conn.fetchval("SELECT 1", timeout=0.3)
+            finally:
+                pg_server.resume()
+            # the timed-out query was cancelled; the connection itself must still work
+            return await conn.fetchval("SELECT 2", timeout=5)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == 2
+
+
+def test_shared_services_are_usable(nats_url: str, pg_url: str) -> None:
+    """The session's shared NATS has JetStream and its PostgreSQL `test` database accepts SQL."""
+
+    async def check() -> tuple[bool, str]:
+        nc = await _nats_connect(nats_url)
+        try:
+            account = await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+        conn = await asyncpg.connect(pg_url, timeout=5)
+        try:
+            db = await conn.fetchval("SELECT current_database()")
+        finally:
+            await conn.close()
+        return account is not None, db
+
+    assert asyncio.run(check()) == (True, "test")
