@@ -20,7 +20,7 @@ from cdcsync.bridge import open_bridge
 from cdcsync.config import Config
 from cdcsync.flow.pipeline import Flow
 
-__all__ = ["serve"]
+__all__ = ["Service", "serve"]
 
 log = structlog.get_logger("cdcsync")
 
@@ -47,11 +47,37 @@ async def serve(
     drain_timeout_s: float = 15.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every flow and the API until SIGINT/SIGTERM (or ``shutdown`` is set).
+    """Run every flow of ``config`` and the API (see :meth:`Service.run`)."""
+    await Service(config).run(
+        shutdown=shutdown, drain_timeout_s=drain_timeout_s, task_status=task_status
+    )
 
-    ``task_status.started()`` reports the API's bound addresses.
-    """
-    flows = [Flow(fc) for fc in config.flows]
+
+class Service:
+    """The flows of one configuration and the API over them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.flows = [Flow(fc) for fc in config.flows]
+
+    async def run(
+        self,
+        *,
+        shutdown: trio.Event | None = None,
+        drain_timeout_s: float = 15.0,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until SIGINT/SIGTERM (or ``shutdown`` is set); started() gives the API binds."""
+        await _run(self.config, self.flows, shutdown, drain_timeout_s, task_status)
+
+
+async def _run(
+    config: Config,
+    flows: list[Flow],
+    shutdown: trio.Event | None,
+    drain_timeout_s: float,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     api_stop = trio.Event()
     stop = trio.Event()
     hard_stop = trio.Event()
@@ -103,8 +129,8 @@ async def serve(
         root.cancel_scope.deadline = trio.current_time() + 3
         # The signal watcher never ends by itself.
         with trio.move_on_after(2.5):
-            while any(not f.stopped.is_set() for f in flows):
-                await trio.sleep(0.05)
+            for flow in flows:
+                await flow.stopped.wait()
         root.cancel_scope.cancel()
     log.info("cdcsync stopped")
 

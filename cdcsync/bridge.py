@@ -23,7 +23,14 @@ T = TypeVar("T")
 
 @asynccontextmanager
 async def open_bridge() -> AsyncIterator[None]:
-    """Run an asyncio loop on top of Trio for the lifetime of the block (enter once)."""
+    """Run an asyncio loop on top of Trio for the lifetime of the block.
+
+    Re-entrant: inside a block that already has a loop (a test harness, an embedding
+    application) the existing loop is used.
+    """
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
     async with trio_asyncio.open_loop():
         yield
 

@@ -63,5 +63,7 @@ async def connect_problems(config: Config) -> list[str]:
                     found = await sink.problems()
                 if scope.cancelled_caught:
                     found = [f"destination {dest.name!r}: no answer within 15 s"]
-                problems.extend(f"{config.path}:{dest.line}: flow {flow.name!r}: {p}" for p in found)
+                problems.extend(
+                    f"{config.path}:{dest.line}: flow {flow.name!r}: {p}" for p in found
+                )
     return problems

@@ -105,7 +105,7 @@ class EnvBool(sy.ScalarValidator):
         return "true" if data else "false"
 
 
-def EnvEnum(*choices: str) -> sy.ScalarValidator:  # noqa: N802 - reads like a validator class
+def EnvEnum(*choices: str) -> sy.ScalarValidator:
     class _Enum(sy.ScalarValidator):
         def validate_scalar(self, chunk: Any) -> str:
             text = _interpolate(chunk).strip()
@@ -242,7 +242,9 @@ def _component(
         known = ", ".join(sorted(specs))
         raise ConfigError(_err(path, line, f"unknown {kind} type {type_name!r} (known: {known})"))
     spec = specs[type_name]
-    keys: dict[Any, Any] = {sy.Optional("type", default=type_name) if implied_type else "type": sy.Str()}
+    keys: dict[Any, Any] = {
+        sy.Optional("type", default=type_name) if implied_type else "type": sy.Str()
+    }
     if named:
         keys["name"] = EnvStr()
     keys.update(spec.schema)
@@ -318,7 +320,9 @@ def loads(text: str, path: str = "<config>") -> Config:
 def _flow(path: str, node: Any) -> FlowConfig:
     name = node.data["name"]
     if not _NAME.match(name):
-        raise ConfigError(_err(path, node.start_line, f"flow name {name!r}: use letters, digits, _ . -"))
+        raise ConfigError(
+            _err(path, node.start_line, f"flow name {name!r}: use letters, digits, _ . -")
+        )
     _, stype, sopts, sline = _component(path, node["source"], "source", registry.sources(), False)
     batch = BatchPolicy(**node.data["batch"]) if "batch" in node.data else BatchPolicy()
     dests: list[DestinationConfig] = []
@@ -335,7 +339,9 @@ def _flow(path: str, node: Any) -> FlowConfig:
             errors.extend(exc.errors)
             continue
         if dname in names:
-            errors.append(_err(path, dline, f"duplicate destination name {dname!r} in flow {name!r}"))
+            errors.append(
+                _err(path, dline, f"duplicate destination name {dname!r} in flow {name!r}")
+            )
         names.add(dname)
         dests.append(DestinationConfig(dname, dtype, dopts, dline))
     if errors:
@@ -351,7 +357,12 @@ def _shorthand_flow(path: str, doc: Any) -> FlowConfig:
         path, doc["nats"], "source", registry.sources(), False, implied_type="nats"
     )
     _, dtype, dopts, dline = _component(
-        path, doc["postgres"], "destination", registry.destinations(), False, implied_type="postgres"
+        path,
+        doc["postgres"],
+        "destination",
+        registry.destinations(),
+        False,
+        implied_type="postgres",
     )
     pipeline = doc.data.get("pipeline") or {}
     delay = pipeline.get("max_delay_ms", pipeline.get("batch_timeout_ms", 50))

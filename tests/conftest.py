@@ -37,3 +37,19 @@ def unique() -> str:
     so tests sharing one server never see each other's data.
     """
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def env(nats_url: str, pg_url: str, unique: str):  # type: ignore[no-untyped-def]
+    """A test's world (see harness.Env) with an asyncio loop bridged onto Trio."""
+    from harness import Env
+
+    from cdcsync.bridge import open_bridge
+
+    async with open_bridge():
+        world = Env(nats_url, pg_url, unique)
+        try:
+            yield world
+        finally:
+            await world.close()
+            await world.execute(f"DROP SCHEMA IF EXISTS {unique} CASCADE")

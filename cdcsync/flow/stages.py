@@ -232,11 +232,11 @@ async def run_keepalive(
     while True:
         await trio.sleep(period)
         now = time.monotonic()
-        old = [i.delivery for b in list(inflight.values()) if now - b.created > period for i in b.items]
+        old = [
+            i.delivery for b in list(inflight.values()) if now - b.created > period for i in b.items
+        ]
         if old:
             try:
                 await in_progress(old)
             except Exception as exc:  # NATS down: the redelivery is harmless, the checkpoint dedups
                 log.debug("in-progress ack failed", error=repr(exc))
-
-

@@ -309,7 +309,9 @@ class PostgresSink:
                 dead.append((item, f"unknown table {shown} in schema {schema!r}"))
                 continue
             if not info.key:
-                dead.append((item, f"table {schema}.{target} has no primary key or usable unique index"))
+                dead.append(
+                    (item, f"table {schema}.{target} has no primary key or usable unique index")
+                )
                 continue
             if ev.op is Op.TRUNCATE:
                 if self.options.truncate:
@@ -332,7 +334,9 @@ class PostgresSink:
                 hash(key)
             except KeyError:
                 missing = [c for c in info.key if c not in data]
-                dead.append((item, f"missing primary key column(s) {missing} for {schema}.{target}"))
+                dead.append(
+                    (item, f"missing primary key column(s) {missing} for {schema}.{target}")
+                )
                 continue
             except TypeError:
                 dead.append((item, f"primary key of {schema}.{target} must be scalar values"))
@@ -385,13 +389,16 @@ class PostgresSink:
                 groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
             for (kind, cols, keep), rows in groups.items():
                 stmt = self._sql(
-                    ("write", name, kind, cols, keep, info.key), sql.write_sql, info, kind, cols, keep
+                    ("write", name, kind, cols, keep, info.key),
+                    sql.write_sql,
+                    info,
+                    kind,
+                    cols,
+                    keep,
                 )
                 await conn.execute(stmt, orjson.dumps(rows).decode())
 
-    async def _aio_apply_split(
-        self, group: list[_Resolved], dead: list[tuple[Item, str]]
-    ) -> int:
+    async def _aio_apply_split(self, group: list[_Resolved], dead: list[tuple[Item, str]]) -> int:
         """Apply in savepoints, halving on data errors until the bad events stand alone."""
         conn = self._conn
         assert conn is not None

@@ -10,7 +10,6 @@ value that does not fit as a data error that we dead-letter).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cdcsync.sinks.compaction import Kind
 
@@ -20,13 +19,13 @@ __all__ = [
     "CATALOG_TABLES",
     "Column",
     "TableInfo",
+    "checkpoint_sql",
+    "dead_letter_sql",
     "delete_sql",
+    "pick_key",
     "quote_ident",
     "system_tables_sql",
     "truncate_sql",
-    "checkpoint_sql",
-    "dead_letter_sql",
-    "pick_key",
     "write_sql",
 ]
 
@@ -176,7 +175,9 @@ def system_tables_sql(schema: str) -> list[str]:
 def checkpoint_sql(schema: str) -> tuple[str, str]:
     """(select, upsert) statements for the checkpoint row of a (flow, destination)."""
     t = f"{quote_ident(schema)}.cdcsync_checkpoints"
-    select = f"SELECT stream, stream_created, last_seq FROM {t} WHERE flow = $1 AND destination = $2"
+    select = (
+        f"SELECT stream, stream_created, last_seq FROM {t} WHERE flow = $1 AND destination = $2"
+    )
     upsert = (
         f"INSERT INTO {t} (flow, destination, stream, stream_created, last_seq) "
         f"VALUES ($1, $2, $3, $4, $5) ON CONFLICT (flow, destination) DO UPDATE SET "
@@ -193,5 +194,3 @@ def dead_letter_sql(schema: str) -> str:
         f"SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], "
         f"$7::text[])"
     )
-
-

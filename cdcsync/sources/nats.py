@@ -112,7 +112,9 @@ def _parse(data: dict[str, Any]) -> NatsOptions:
         )
         for label, value in (("stream", js.stream), ("durable", js.durable)):
             if not value or any(ch in value for ch in " .*>\t"):
-                raise ValueError(f"jetstream.{label} {value!r} must not contain spaces, '.', '*', '>'")
+                raise ValueError(
+                    f"jetstream.{label} {value!r} must not contain spaces, '.', '*', '>'"
+                )
     tls = data.get("tls") or {}
     return NatsOptions(
         servers=servers,

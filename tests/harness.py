@@ -1,0 +1,241 @@
+"""Trio-side helpers for end-to-end tests: real NATS, real PostgreSQL, cdcsync in-process.
+
+`Env` names everything after the test's `unique` id (stream, subjects, durable,
+schema), so tests share the servers without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import nats
+import trio
+
+from cdcsync import config as cfg
+from cdcsync.app import Service
+from cdcsync.bridge import aio
+
+__all__ = ["Env", "Running", "envelope", "wait_until"]
+
+
+def envelope(table: str, op: str, data: dict[str, Any], **extra: Any) -> bytes:
+    """A message in the original `cdc` envelope format."""
+    body = {
+        "id": "00000000-0000-0000-0000-000000000000",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "source": "test",
+        "table": table,
+        "operation": op,
+        "data": data,
+        "metadata": {},
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` until true; fail the test with ``what`` after ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Running:
+    """A cdcsync instance running in the test's nursery."""
+
+    shutdown: trio.Event
+    finished: trio.Event
+    binds: list[str]
+    cancel_scope: trio.CancelScope
+    service: Service
+
+    @property
+    def api(self) -> str:
+        return self.binds[0].replace("http://", "http://", 1) if self.binds else ""
+
+
+@dataclass
+class Env:
+    """One test's world: servers, unique names and open connections."""
+
+    nats_url: str
+    pg_url: str
+    unique: str
+    _pg: list[asyncpg.Connection] = field(default_factory=list)
+    _nc: Any = None
+
+    @property
+    def schema(self) -> str:
+        return self.unique
+
+    @property
+    def stream(self) -> str:
+        return self.unique.upper()
+
+    def subject(self, flow: str = "f") -> str:
+        return f"{self.unique}.{flow}"
+
+    async def sql(self, query: str, *args: Any, url: str | None = None) -> list[asyncpg.Record]:
+        conn = await aio(asyncpg.connect, url or self.pg_url)
+        try:
+            return await aio(conn.fetch, query, *args)
+        finally:
+            await aio(conn.close)
+
+    async def execute(self, script: str, url: str | None = None) -> None:
+        conn = await aio(asyncpg.connect, url or self.pg_url)
+        try:
+            await aio(conn.execute, script)
+        finally:
+            await aio(conn.close)
+
+    async def rows(
+        self, table: str, url: str | None = None, order: str = "id"
+    ) -> list[dict[str, Any]]:
+        records = await self.sql(f"SELECT * FROM {self.schema}.{table} ORDER BY {order}", url=url)
+        return [dict(r) for r in records]
+
+    async def count(self, table: str, url: str | None = None) -> int:
+        records = await self.sql(f"SELECT count(*) FROM {self.schema}.{table}", url=url)
+        return int(records[0][0])
+
+    async def dead_letters(self, url: str | None = None) -> list[dict[str, Any]]:
+        records = await self.sql(
+            f"SELECT * FROM {self.schema}.cdcsync_dead_letters ORDER BY id", url=url
+        )
+        return [dict(r) for r in records]
+
+    async def create_schema(self, ddl: str = "", url: str | None = None) -> None:
+        await self.execute(
+            f"DROP SCHEMA IF EXISTS {self.schema} CASCADE; CREATE SCHEMA {self.schema};"
+            f"SET search_path = {self.schema};" + ddl,
+            url=url,
+        )
+
+    async def nc(self) -> Any:
+        if self._nc is None:
+            self._nc = await aio(nats.connect, self.nats_url)
+        return self._nc
+
+    async def publish(self, subject: str, payloads: list[bytes], jetstream: bool = True) -> None:
+        """Publish in order; with JetStream every publish is acknowledged by the stream."""
+        nc = await self.nc()
+
+        async def go() -> None:
+            if jetstream:
+                js = nc.jetstream()
+                futures = [await js.publish_async(subject, p) for p in payloads]
+                for f in futures:
+                    await f
+            else:
+                for p in payloads:
+                    await nc.publish(subject, p)
+                await nc.flush()
+
+        await aio(go)
+
+    async def ensure_stream(self, subjects: list[str], name: str | None = None) -> None:
+        nc = await self.nc()
+        js = nc.jetstream()
+        await aio(js.add_stream, name=name or self.stream, subjects=subjects)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await aio(self._nc.close)
+            self._nc = None
+
+    def flow_yaml(
+        self,
+        name: str = "f",
+        *,
+        jetstream: bool = True,
+        fmt: str = "auto",
+        mode: str = "upsert",
+        destinations: list[tuple[str, str]] | None = None,
+        extra_dest: str = "",
+        batch: str = "{max_size: 1000, max_delay_ms: 20}",
+        subject: str | None = None,
+    ) -> str:
+        """One flow reading ``{unique}.{name}.>`` into this test's schema."""
+        subject = subject or f"{self.subject(name)}.>"
+        js = (
+            f"""
+      jetstream:
+        stream: {self.stream}
+        durable: {self.unique}-{name}
+        ack_wait_s: 30"""
+            if jetstream
+            else ""
+        )
+        dests = destinations or [("primary", self.pg_url)]
+        dest_yaml = "".join(
+            f"""
+      - name: {dname}
+        type: postgres
+        url: "{durl}"
+        schema: {self.schema}
+        conflict_resolution: {mode}{extra_dest}"""
+            for dname, durl in dests
+        )
+        return f"""
+  - name: {name}
+    source:
+      type: nats
+      servers: ["{self.nats_url}"]
+      subject: "{subject}"{js}
+      format: {fmt}
+    batch: {batch}
+    destinations:{dest_yaml}
+"""
+
+    def config(self, *flows: str, api: bool = True) -> cfg.Config:
+        text = "api:\n  bind: 127.0.0.1:0\n" if api else "api:\n  enabled: false\n"
+        text += "flows:\n" + "".join(flows or (self.flow_yaml(),))
+        return cfg.loads(textwrap.dedent(text), path="test.yaml")
+
+    @asynccontextmanager
+    async def running(
+        self, config: cfg.Config, nursery: trio.Nursery, wait_running: bool = True
+    ) -> AsyncIterator[Running]:
+        """Start cdcsync in ``nursery``; on exit stop it gracefully and wait."""
+        shutdown = trio.Event()
+        finished = trio.Event()
+        scope = trio.CancelScope()
+        service = Service(config)
+
+        async def run(
+            *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            try:
+                with scope:
+                    await service.run(shutdown=shutdown, task_status=task_status)
+            finally:
+                finished.set()
+
+        binds = await nursery.start(run)
+        handle = Running(shutdown, finished, binds, scope, service)
+        if wait_running:
+
+            async def all_running() -> bool:
+                return all(f.stats.status == "running" for f in service.flows)
+
+            await wait_until(all_running, timeout=20, what="every flow running")
+        try:
+            yield handle
+        finally:
+            shutdown.set()
+            with trio.move_on_after(20):
+                await finished.wait()
+            scope.cancel()
