@@ -37,7 +37,7 @@ async def _source_problems(flow_name: str, source: Any) -> list[str]:
     try:
         with trio.move_on_after(10) as scope:
             await source.connect()
-            await source.identity()
+            await source.identity(create=False)
         if scope.cancelled_caught:
             return [f"flow {flow_name!r}: NATS did not answer within 10 s"]
     except CdcSyncError as exc:

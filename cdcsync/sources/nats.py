@@ -134,6 +134,13 @@ def _parse(data: dict[str, Any]) -> NatsOptions:
     )
 
 
+def _text(exc: BaseException) -> str:
+    """nats-py errors carry their message in ``description``; their repr is often empty."""
+    description = getattr(exc, "description", None)
+    detail = description or str(exc) or ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 class NatsSource:
     """Delivers a flow's messages in stream order into a Trio channel."""
 
@@ -166,18 +173,25 @@ class NatsSource:
         try:
             await aio(self._aio_connect)
         except Exception as exc:
-            raise SourceError(f"cannot connect to NATS {self._servers_text()}: {exc!r}") from exc
+            raise SourceError(
+                f"cannot connect to NATS {self._servers_text()}: {_text(exc)}"
+            ) from exc
 
-    async def identity(self) -> tuple[str, str] | None:
-        """(stream, creation time) for checkpoints; creates the stream when allowed."""
+    async def identity(self, create: bool = True) -> tuple[str, str] | None:
+        """(stream, creation time) for checkpoints; creates the stream when allowed.
+
+        With ``create=False`` a missing stream gives ``("", "")`` instead.
+        """
         if self.options.jetstream is None:
             return None
         try:
-            return await aio(self._aio_identity)
+            return await aio(self._aio_identity, create)
         except SourceError:
             raise
         except Exception as exc:
-            raise SourceError(f"JetStream stream: {exc!r}") from exc
+            raise SourceError(
+                f"JetStream stream {self.options.jetstream.stream!r}: {_text(exc)}"
+            ) from exc
 
     async def run(
         self,
@@ -196,7 +210,7 @@ class NatsSource:
             try:
                 await aio(self._aio_subscribe, start_after)
             except Exception as exc:
-                raise SourceError(f"cannot subscribe: {exc!r}") from exc
+                raise SourceError(f"cannot subscribe: {_text(exc)}") from exc
             task_status.started()
             await self._wake.wait()
             self._send = None  # later callbacks drop their message: it stays unacked
@@ -284,18 +298,21 @@ class NatsSource:
 
     async def _aio_on_disconnect(self) -> None:
         self.connected = False
-        log.warning("nats disconnected", flow=self.flow)
+        if self._nc is not None:  # not our own close()
+            log.warning("nats disconnected", flow=self.flow)
 
     async def _aio_on_reconnect(self) -> None:
         self.connected = True
         log.info("nats reconnected", flow=self.flow)
 
-    async def _aio_identity(self) -> tuple[str, str]:
+    async def _aio_identity(self, create: bool) -> tuple[str, str]:
         js_opts = self.options.jetstream
         assert js_opts is not None
         try:
             info = await self._js.stream_info(js_opts.stream)
         except nats.js.errors.NotFoundError:
+            if not create:
+                return "", ""
             if not js_opts.create_stream:
                 raise SourceError(f"stream {js_opts.stream!r} does not exist") from None
             log.info("creating stream", stream=js_opts.stream, subject=self.options.subject)
