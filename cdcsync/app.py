@@ -7,6 +7,7 @@ source, lets in-flight batches commit and be acknowledged (bounded by
 
 from __future__ import annotations
 
+import logging
 import signal
 from functools import partial
 
@@ -35,6 +36,8 @@ async def _serve_api(
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"{config.api.host}:{config.api.port}"]
     hconfig.accesslog = None
+    # Hypercorn's own "Running on" banner is replaced by our structured "api listening".
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.graceful_timeout = 2
     app = create_app(flows, token=config.api.token)
     await hypercorn.trio.serve(app, hconfig, shutdown_trigger=stop.wait, task_status=task_status)

@@ -12,6 +12,7 @@ are Trio and cross the bridge once per call.
 
 from __future__ import annotations
 
+import decimal
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -90,6 +91,39 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\x00", "")
 
 
+_INT_TYPES = {"smallint", "integer", "bigint"}
+
+
+def _canonical(value: Any, pg_type: str) -> Any:
+    """One spelling per key value, so ``7``, ``"7"`` and ``7.0`` compact as the same row.
+
+    Only used to group events by key; the values sent to PostgreSQL are the event's own.
+    """
+    if isinstance(value, bool) or value is None:
+        return value
+    if pg_type in _INT_TYPES:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                return value
+        return value
+    if pg_type.startswith(("numeric", "real", "double")) and isinstance(value, (int, float, str)):
+        try:
+            return ("n", decimal.Decimal(str(value).strip()).normalize())
+        except decimal.InvalidOperation:
+            return value
+    if pg_type == "uuid" and isinstance(value, str):
+        return value.strip().lower().replace("-", "")
+    if isinstance(value, (int, float)) and not pg_type.startswith(("text", "character")):
+        return value
+    return value if isinstance(value, str) else str(value)
+
+
 class _StaleCatalog(Exception):
     """A statement named a table or column that the catalog no longer has."""
 
@@ -111,6 +145,7 @@ class PostgresSink:
         self.options = options
         self._conn: asyncpg.Connection | None = None
         self._tables: dict[str, sql.TableInfo | None] = {}
+        self._fetched: dict[str, float] = {}
         self._stream: tuple[str, str] | None = None
         self._checkpoint: int | None = None
         self._sql_cache: dict[Hashable, str] = {}
@@ -281,16 +316,40 @@ class PostgresSink:
                 keys[r[0]].append((r[1], list(r[2]), r[3]))
         if len(self._tables) > 10_000:
             self._tables.clear()  # hostile input naming endless tables: keep the cache bounded
+            self._fetched.clear()
+        now = time.monotonic()
         for n in missing:
             self._tables[n] = None
+            self._fetched[n] = now
         for oid, name in oids.items():
             key = sql.pick_key(keys[oid]) or ()
             self._tables[name] = sql.TableInfo(self.options.schema, name, columns[oid], key)
+            self._fetched[name] = now
 
-    def _resolve(self, items: list[Item]) -> tuple[list[_Resolved], list[tuple[Item, str]], int]:
-        """Name every event's table and key from the catalog, or say why it cannot be applied."""
+    async def _aio_refresh(self, names: set[str]) -> bool:
+        """Re-read tables that this batch found missing or short of a column.
+
+        A migration may have added them a moment ago; one catalog query per batch that
+        has such events (at most 100 names) is cheap next to dead-lettering good events.
+        """
+        stale = sorted(names)[:100]
+        for n in stale:
+            self._tables.pop(n, None)
+        if stale:
+            await self._aio_lookup(stale)
+        return bool(stale)
+
+    def _resolve(
+        self, items: list[Item]
+    ) -> tuple[list[_Resolved], list[tuple[Item, str]], int, set[str]]:
+        """Name every event's table and key from the catalog, or say why it cannot be applied.
+
+        Also returns the target names that were unknown or lacked a column: the caller
+        re-reads those from the catalog (a migration may have just added them).
+        """
         resolved: list[_Resolved] = []
         dead: list[tuple[Item, str]] = []
+        suspects: set[str] = set()
         skipped = 0
         mapping = self.options.tables
         schema = self.options.schema
@@ -305,6 +364,7 @@ class PostgresSink:
             target = mapping.get(ev.table, ev.table)
             info = self._tables.get(target)
             if info is None:
+                suspects.add(target)
                 shown = f"{ev.table!r}" + (f" (mapped to {target!r})" if target != ev.table else "")
                 dead.append((item, f"unknown table {shown} in schema {schema!r}"))
                 continue
@@ -322,6 +382,7 @@ class PostgresSink:
             cols = info.columns
             unknown = [c for c in ev.data if c not in cols]
             if unknown:
+                suspects.add(target)
                 shown_cols = ", ".join(repr(c) for c in unknown[:5])
                 dead.append((item, f"unknown column(s) {shown_cols} in table {schema}.{target}"))
                 continue
@@ -330,7 +391,7 @@ class PostgresSink:
                 data = {c: v for c, v in data.items() if not cols[c].generated}
                 ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
             try:
-                key = tuple(data[c] for c in info.key)
+                key = tuple(_canonical(data[c], cols[c].type) for c in info.key)
                 hash(key)
             except KeyError:
                 missing = [c for c in info.key if c not in data]
@@ -345,7 +406,7 @@ class PostgresSink:
                 dead.append((item, f"primary key of {schema}.{target} contains null"))
                 continue
             resolved.append(_Resolved(item, info, key, ev))
-        return resolved, dead, skipped
+        return resolved, dead, skipped, suspects
 
     def _sql(self, cache_key: Hashable, build: Any, *args: Any) -> str:
         text = self._sql_cache.get(cache_key)
@@ -360,8 +421,11 @@ class PostgresSink:
         conn = self._conn
         assert conn is not None
         tables: dict[str, sql.TableInfo] = {}
+        originals: dict[tuple[str, Hashable], dict[str, Any]] = {}
         for r in group:
             tables.setdefault(r.table.name, r.table)
+            if r.key is not None:
+                originals[(r.table.name, r.key)] = {c: r.event.data[c] for c in r.table.key}
         plans = compact(
             ((r.table.name, r.key, r.event) for r in group), self.options.conflict_resolution
         )
@@ -372,9 +436,7 @@ class PostgresSink:
         for name in reversed(order):
             info = tables[name]
             keys = [
-                dict(zip(info.key, k, strict=True))
-                for k, op in plans[name].ops.items()
-                if op.kind is Kind.DELETE
+                originals[(name, k)] for k, op in plans[name].ops.items() if op.kind is Kind.DELETE
             ]
             if keys:
                 stmt = self._sql(("delete", name, info.key), sql.delete_sql, info)
@@ -443,11 +505,14 @@ class PostgresSink:
         for attempt in range(3):
             # After two catalog refreshes, a schema error is the event's fault: dead-letter it.
             self._stale_is_data = attempt == 2
-            resolved, dead, skip2 = self._resolve(todo)
+            resolved, dead, skip2, suspects = self._resolve(todo)
+            if suspects and await self._aio_refresh(suspects):
+                resolved, dead, skip2, suspects = self._resolve(todo)
             try:
                 written = await self._aio_transaction(resolved, dead, last, split=attempt > 0)
             except _StaleCatalog:
                 self._tables.clear()
+                self._fetched.clear()
                 await self._aio_lookup(sorted(names))
                 continue
             self._checkpoint = last if checkpointed else None

@@ -134,6 +134,36 @@ def _parse(data: dict[str, Any]) -> NatsOptions:
     )
 
 
+_STREAM_LOCK: trio.lowlevel.RunVar[trio.Lock] = trio.lowlevel.RunVar("cdcsync_stream_lock")
+
+
+def _stream_lock() -> trio.Lock:
+    """Flows of one process create and extend streams one at a time (no lost updates)."""
+    try:
+        return _STREAM_LOCK.get()
+    except LookupError:
+        lock = trio.Lock()
+        _STREAM_LOCK.set(lock)
+        return lock
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """True when every subject matching ``subject`` also matches ``pattern`` (NATS wildcards)."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if token == "*":
+            if s[i] == ">":
+                return False
+            continue
+        if token != s[i]:
+            return False
+    return len(p) == len(s)
+
+
 def _text(exc: BaseException) -> str:
     """nats-py errors carry their message in ``description``; their repr is often empty."""
     description = getattr(exc, "description", None)
@@ -185,7 +215,8 @@ class NatsSource:
         if self.options.jetstream is None:
             return None
         try:
-            return await aio(self._aio_identity, create)
+            async with _stream_lock():
+                return await aio(self._aio_identity, create)
         except SourceError:
             raise
         except Exception as exc:
@@ -259,6 +290,12 @@ class NatsSource:
         return ", ".join(redact_url(s) for s in self.options.servers)
 
     async def _aio_connect(self) -> None:
+        old, self._nc = self._nc, None
+        if old is not None:  # a restart: never leave the previous client reconnecting forever
+            try:
+                await old.close()
+            except Exception:
+                pass
         o = self.options
         kwargs: dict[str, Any] = {
             "servers": list(o.servers),
@@ -317,6 +354,14 @@ class NatsSource:
                 raise SourceError(f"stream {js_opts.stream!r} does not exist") from None
             log.info("creating stream", stream=js_opts.stream, subject=self.options.subject)
             info = await self._js.add_stream(name=js_opts.stream, subjects=[self.options.subject])
+        subjects = list(info.config.subjects or [])
+        if create and not any(_covers(p, self.options.subject) for p in subjects):
+            # Several flows may share one stream: add this flow's subject to it.
+            log.info(
+                "adding subject to stream", stream=js_opts.stream, subject=self.options.subject
+            )
+            info.config.subjects = [*subjects, self.options.subject]
+            info = await self._js.update_stream(info.config)
         created = info.created.isoformat() if info.created else ""
         return js_opts.stream, created
 
