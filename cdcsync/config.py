@@ -222,6 +222,11 @@ def _err(path: str, line: int, message: str) -> str:
 def _yaml_error(path: str, exc: MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
+    chunk = getattr(exc, "_chunk", None)
+    if chunk is not None and isinstance(getattr(chunk, "contents", None), str):
+        # strictyaml marks a bad scalar at its chunk's end, which runs on over trailing
+        # comment lines; in flow style the start is off instead. The value is at the lesser.
+        line = min(line, chunk.start_line())
     parts = [p for p in (exc.context, exc.problem) if p]
     return _err(path, line, ": ".join(parts).replace("\n", " "))
 
@@ -286,7 +291,8 @@ def loads(text: str, path: str = "<config>") -> Config:
     api = ApiConfig()
     if "api" in doc.data:
         node = doc["api"]
-        host, port = _parse_bind(path, node.start_line, node.data["bind"])
+        bind_line = node["bind"].start_line if "bind" in node.data else node.start_line
+        host, port = _parse_bind(path, bind_line, node.data["bind"])
         api = ApiConfig(host, port, node.data.get("token") or None, node.data["enabled"])
 
     flows: list[FlowConfig] = []
@@ -381,14 +387,19 @@ def load(path: str | os.PathLike[str]) -> Config:
     return loads(text, str(p))
 
 
+_SECRET_PARAMS = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``; anything else unchanged."""
+    """Hide secrets in a URL: ``user:***@host``, and ``password=***`` in the query."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "***"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}")
+    if parts.query:
+        parts = parts._replace(query=_SECRET_PARAMS.sub(r"\1***", parts.query))
+    return urlunsplit(parts)

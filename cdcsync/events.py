@@ -32,6 +32,14 @@ __all__ = [
 ]
 
 UNAVAILABLE = "__debezium_unavailable_value"
+# The same placeholder as Debezium sends it for bytea (base64) and array columns.
+_UNAVAILABLE_FORMS = (UNAVAILABLE, "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==")
+
+
+def _is_unavailable(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _UNAVAILABLE_FORMS
+    return isinstance(value, list) and len(value) == 1 and value[0] in _UNAVAILABLE_FORMS
 
 
 class Op(enum.Enum):
@@ -203,7 +211,7 @@ def decode_debezium_obj(obj: Any) -> ChangeEvent | None:
     row = dict(_row(row, f"field '{image}'"))
     if not row:
         raise DecodeError(f"field '{image}' is empty")
-    unavailable = frozenset(k for k, v in row.items() if v == UNAVAILABLE)
+    unavailable = frozenset(k for k, v in row.items() if _is_unavailable(v))
     for col in unavailable:
         del row[col]
     if schema is not None:

@@ -82,7 +82,9 @@ def _fold(state: _State, ev: ChangeEvent, mode: Mode) -> None:
             for col in ev.unavailable:
                 if state.cols is not None and col in state.cols:
                     cols[col] = state.cols[col]
-                elif col not in cols:
+                elif col not in cols and (state.cols is None or col in state.keep):
+                    # Keep the stored value, unless an earlier replace in this batch
+                    # already reset the column to its default.
                     keep.add(col)
         if state.base == _DELETED or state.base == _FRESH:
             state.base = _FRESH
