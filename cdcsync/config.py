@@ -79,7 +79,7 @@ class EnvInt(sy.ScalarValidator):
     def validate_scalar(self, chunk: Any) -> int:
         text = _interpolate(chunk).strip().replace("_", "")
         if not re.fullmatch(r"[-+]?\d+", text):
-            chunk.expecting_but_found("when expecting an integer")
+            chunk.expecting_but_found("when expecting an integer", f"found {text!r}")
         value = int(text)
         if self._min is not None and value < self._min:
             chunk.expecting_but_found(f"when expecting an integer >= {self._min}")
@@ -98,7 +98,7 @@ class EnvBool(sy.ScalarValidator):
             return True
         if text in ("false", "no", "off", "0"):
             return False
-        chunk.expecting_but_found("when expecting a boolean (true or false)")
+        chunk.expecting_but_found("when expecting a boolean (true or false)", f"found {text!r}")
         raise AssertionError  # unreachable: expecting_but_found raises
 
     def to_yaml(self, data: Any) -> str:
@@ -110,7 +110,9 @@ def EnvEnum(*choices: str) -> sy.ScalarValidator:
         def validate_scalar(self, chunk: Any) -> str:
             text = _interpolate(chunk).strip()
             if text not in choices:
-                chunk.expecting_but_found(f"when expecting one of: {', '.join(choices)}")
+                chunk.expecting_but_found(
+                    f"when expecting one of: {', '.join(choices)}", f"found {text!r}"
+                )
             return text
 
         def to_yaml(self, data: Any) -> str:
