@@ -272,6 +272,7 @@ class NatsServer:
         """Freeze the server (SIGSTOP): sockets stay open but nothing answers."""
         if self._proc is not None and not self._paused:
             self._proc.send_signal(signal.SIGSTOP)
+            _wait_stopped([self._proc.pid])
             self._paused = True
 
     def resume(self) -> None:
@@ -496,6 +497,7 @@ class PostgresServer:
             return
         self._paused = [pid, *_children(pid)]
         _signal_all(self._paused, signal.SIGSTOP)
+        _wait_stopped(self._paused)
 
     def resume(self) -> None:
         """Undo `pause()` (SIGCONT)."""
@@ -602,3 +604,22 @@ def ensure_shared_services() -> tuple[str, str]:
     os.environ[PG_URL_ENV] = pg_url
     _shared = (nats_url, pg_url)
     return _shared
+
+
+def _wait_stopped(pids: list[int], timeout: float = 5.0) -> None:
+    """Return once every pid is in state T (stopped): SIGSTOP is delivered asynchronously."""
+    deadline = time.monotonic() + timeout
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for pid in pending:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # gone: nothing to wait for
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if state not in ("T", "t"):
+                still.append(pid)
+        pending = still
+        if pending:
+            time.sleep(0.005)

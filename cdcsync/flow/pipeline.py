@@ -101,13 +101,21 @@ class Flow:
                         raise
                     await self._stopping.wait()
                     break
-                except (SourceError, SinkError, OSError) as exc:
+                except Exception as exc:
+                    # Whatever broke (source, destination, or a bug), the cure is the same:
+                    # tear down and start again from the checkpoints. Other flows go on.
                     if self._stopping.is_set():
                         break
                     self._note_failure(exc)
                     ever_ran = ever_ran or self.stats.status == "running"
                     delay = backoff.next()
-                    log.warning("flow restarting", error=str(exc), retry_in_s=delay)
+                    expected = isinstance(exc, (SourceError, SinkError, OSError))
+                    log.warning(
+                        "flow restarting",
+                        error=str(exc) or type(exc).__name__,
+                        retry_in_s=delay,
+                        exc_info=None if expected else exc,
+                    )
                     with trio.move_on_at(trio.current_time() + delay):
                         await self._stopping.wait()
                 else:

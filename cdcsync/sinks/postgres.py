@@ -79,8 +79,17 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state[:2] in _RETRY_CLASSES or state in _RETRY_STATES
+    # InternalClientError: asyncpg read a FATAL (server shutdown, terminated backend) but not
+    # yet the close, and the protocol is stuck; a new connection is the cure.
     return isinstance(
-        exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)
+        exc,
+        (
+            OSError,
+            TimeoutError,
+            asyncpg.InterfaceError,
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InternalClientError,
+        ),
     )
 
 
@@ -160,10 +169,14 @@ class PostgresSink:
         """Connect and try to become the writer; False when another instance holds the lock."""
         try:
             return await aio(self._aio_connect)
-        except Exception as exc:
-            if is_retryable(exc) or isinstance(exc, asyncpg.InvalidCatalogNameError):
-                raise RetryableSinkError(_describe(exc)) from exc
+        except (
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidPasswordError,
+        ) as exc:
             raise FatalSinkError(_describe(exc)) from exc
+        except Exception as exc:
+            # Anything else (unreachable, starting up, database not created yet): retry.
+            raise RetryableSinkError(_describe(exc)) from exc
 
     async def prepare(self, stream: tuple[str, str] | None) -> int | None:
         """Create the system tables, check mapped tables, and return the checkpoint.
@@ -176,10 +189,12 @@ class PostgresSink:
             return await aio(self._aio_prepare)
         except FatalSinkError:
             raise
-        except Exception as exc:
+        except asyncpg.PostgresError as exc:
             if is_retryable(exc):
                 raise RetryableSinkError(_describe(exc)) from exc
-            raise FatalSinkError(_describe(exc)) from exc
+            raise FatalSinkError(_describe(exc)) from exc  # e.g. no right to create our tables
+        except Exception as exc:
+            raise RetryableSinkError(_describe(exc)) from exc
 
     async def write(self, batch: Batch) -> WriteResult:
         """Apply a batch in one transaction; raises RetryableSinkError to be retried whole."""
