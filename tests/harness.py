@@ -117,6 +117,20 @@ class Env:
         )
         return [dict(r) for r in records]
 
+    async def applied(self, seq: int, flow: str = "f", dest: str = "primary") -> None:
+        """Wait until the destination's checkpoint covers stream sequence ``seq``."""
+
+        async def check() -> bool:
+            rows = await self.sql(
+                f"SELECT last_seq FROM {self.schema}.cdcsync_checkpoints "
+                "WHERE flow = $1 AND destination = $2",
+                flow,
+                dest,
+            )
+            return bool(rows) and rows[0]["last_seq"] >= seq
+
+        await wait_until(check, what=f"checkpoint of {flow}/{dest} reaching {seq}")
+
     async def create_schema(self, ddl: str = "", url: str | None = None) -> None:
         await self.execute(
             f"DROP SCHEMA IF EXISTS {self.schema} CASCADE; CREATE SCHEMA {self.schema};"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import trio
-from harness import Env, envelope, wait_until
+from harness import Env, envelope
 
 ITEMS = (
     "CREATE TABLE items (id int PRIMARY KEY, name text, qty int DEFAULT 5, "
@@ -18,21 +18,6 @@ ONE_BATCH = "{max_size: 1000, max_delay_ms: 200}"
 
 def item(i: int, name: str | None, qty: int | None, note: str | None) -> dict[str, Any]:
     return {"id": i, "name": name, "qty": qty, "note": note}
-
-
-async def applied(env: Env, seq: int, flow: str = "f", dest: str = "primary") -> None:
-    """Wait until the destination's checkpoint covers stream sequence ``seq``."""
-
-    async def check() -> bool:
-        rows = await env.sql(
-            f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints "
-            "WHERE flow = $1 AND destination = $2",
-            flow,
-            dest,
-        )
-        return bool(rows) and rows[0]["last_seq"] >= seq
-
-    await wait_until(check, what=f"checkpoint of {flow}/{dest} reaching {seq}")
 
 
 # Against stored rows 1, 2, 3: an insert of an existing key, an update of present columns,
@@ -79,7 +64,7 @@ async def test_conflict_mode_against_stored_rows(
         # one event per batch: every event meets the stored row, not a compacted one
         for seq, event in enumerate(EVENTS, 1):
             await env.publish(subject, [event])
-            await applied(env, seq)
+            await env.applied(seq)
     assert await env.rows("items") == EXPECTED[mode]
     assert await env.dead_letters() == []
 
@@ -91,7 +76,7 @@ async def test_conflict_mode_in_one_batch(env: Env, nursery: trio.Nursery, mode:
     await env.ensure_stream([f"{env.subject()}.>"])
     await env.publish(env.subject() + ".items", EVENTS)
     async with env.running(env.config(env.flow_yaml(mode=mode, batch=ONE_BATCH)), nursery):
-        await applied(env, len(EVENTS))
+        await env.applied(len(EVENTS))
     assert await env.rows("items") == EXPECTED[mode]
     assert await env.dead_letters() == []
 
@@ -112,9 +97,9 @@ async def test_delete_works_in_every_mode(env: Env, nursery: trio.Nursery, mode:
                 envelope("items", "delete", {"id": 2, "name": "two", "qty": 2, "note": "n2"}),
             ],
         )
-        await applied(env, 4)
+        await env.applied(4)
         await env.publish(subject, [envelope("items", "delete", {"id": 7})])
-        await applied(env, 5)
+        await env.applied(5)
     assert await env.rows("items") == [item(3, "three", 3, "n3")]
     assert await env.dead_letters() == []
 
@@ -143,7 +128,7 @@ async def test_per_key_order_inside_one_batch(env: Env, nursery: trio.Nursery, m
     await env.ensure_stream([f"{env.subject()}.>"])
     await env.publish(env.subject() + ".items", events)  # all of it waits for the first batch
     async with env.running(env.config(env.flow_yaml(mode=mode, batch=ONE_BATCH)), nursery):
-        await applied(env, len(events))
+        await env.applied(len(events))
     rows = {r["id"]: r for r in await env.rows("items")}
     for i in (1, 10, 11, 12):
         assert rows[i] == item(i, "b", 5, "none")
@@ -168,7 +153,7 @@ async def test_update_of_missing_row(env: Env, nursery: trio.Nursery, mode: str)
         await env.publish(
             env.subject() + ".items", [envelope("items", "update", {"id": 50, "qty": 8})]
         )
-        await applied(env, 1)
+        await env.applied(1)
     rows = await env.sql(f"SELECT * FROM {env.schema}.items WHERE id = 50")
     expected = [] if mode == "ignore" else [item(50, None, 8, "none")]
     assert [dict(r) for r in rows] == expected
@@ -194,9 +179,9 @@ async def test_all_key_table_takes_duplicate_inserts(
     ]
     async with env.running(env.config(env.flow_yaml(mode=mode)), nursery):
         await env.publish(subject, batch)
-        await applied(env, len(batch))
+        await env.applied(len(batch))
         await env.publish(subject, [envelope("members", "insert", {"a": 1, "b": 2})])
-        await applied(env, len(batch) + 1)
+        await env.applied(len(batch) + 1)
     rows = await env.rows("members", order="a, b")
     assert rows == [{"a": 1, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 1}]
     assert await env.dead_letters() == []
@@ -216,7 +201,7 @@ async def test_per_key_order_when_producers_spell_the_key_differently(
     await env.ensure_stream([f"{env.subject()}.>"])
     await env.publish(env.subject() + ".items", events)
     async with env.running(env.config(env.flow_yaml(batch=ONE_BATCH)), nursery):
-        await applied(env, len(events))
+        await env.applied(len(events))
     # applied one by one: 7 is inserted then deleted; 1 is deleted then inserted afresh
     rows = {r["id"]: r for r in await env.rows("items")}
     assert 7 not in rows

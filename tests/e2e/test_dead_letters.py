@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import trio
-from harness import Env, envelope, wait_until
+from harness import Env, envelope
 
 USERS = """
 CREATE TABLE users (
@@ -21,21 +21,6 @@ CREATE TABLE x (id int PRIMARY KEY);
 INSERT INTO x VALUES (1);
 """
 ONE_BATCH = "{max_size: 1000, max_delay_ms: 200}"
-
-
-async def applied(env: Env, seq: int, flow: str = "f", dest: str = "primary") -> None:
-    """Wait until the destination's checkpoint covers stream sequence ``seq``."""
-
-    async def check() -> bool:
-        rows = await env.sql(
-            f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints "
-            "WHERE flow = $1 AND destination = $2",
-            flow,
-            dest,
-        )
-        return bool(rows) and rows[0]["last_seq"] >= seq
-
-    await wait_until(check, what=f"checkpoint of {flow}/{dest} reaching {seq}")
 
 
 def good(i: int) -> bytes:
@@ -83,10 +68,10 @@ async def test_every_reason_is_dead_lettered(env: Env, nursery: trio.Nursery) ->
     before = dt.datetime.now(dt.UTC)
     async with env.running(env.config(), nursery) as running:
         await env.publish(subject, messages)
-        await applied(env, len(messages))
+        await env.applied(len(messages))
         # the flow keeps running after all of that
         await env.publish(subject, [good(100)])
-        await applied(env, len(messages) + 1)
+        await env.applied(len(messages) + 1)
         assert [f.stats.status for f in running.service.flows] == ["running"]
     ids = [r["id"] for r in await env.rows("users")]
     assert ids == [*range(1, len(BAD) + 2), 100]
@@ -120,7 +105,7 @@ async def test_big_mixed_batch_lands_every_good_row(env: Env, nursery: trio.Nurs
     await env.ensure_stream([f"{env.subject()}.>"])
     await env.publish(subject, messages)  # all waiting before the service starts: one batch
     async with env.running(env.config(env.flow_yaml(batch=ONE_BATCH)), nursery):
-        await applied(env, len(messages))
+        await env.applied(len(messages))
     ids = [r["id"] for r in await env.rows("users")]
     assert ids == [i for i in range(600) if i % 20 != 7]
     letters = await env.dead_letters()
@@ -168,7 +153,7 @@ async def test_identifier_injection_is_dead_lettered(env: Env, nursery: trio.Nur
         messages = [*bad, envelope("users", "insert", {"id": 2, "name": value})]
         async with env.running(env.config(), nursery):
             await env.publish(env.subject() + ".users", messages)
-            await applied(env, len(messages))
+            await env.applied(len(messages))
         assert await env.rows("x") == [{"id": 1}]
         rows = await env.sql(f"SELECT id, name FROM {env.schema}.users ORDER BY id")
         assert [tuple(r) for r in rows] == [(1, "one"), (2, value)]
@@ -198,7 +183,7 @@ async def test_names_that_need_quoting_are_applied(env: Env, nursery: trio.Nurse
     ]
     async with env.running(env.config(), nursery):
         await env.publish(env.subject() + ".odd", messages)
-        await applied(env, len(messages))
+        await env.applied(len(messages))
     rows = await env.sql(f'SELECT * FROM {env.schema}."Odd Table" ORDER BY "Key"')
     assert [tuple(r) for r in rows] == [(1, "a", 10), (3, None, None)]
     assert await env.dead_letters() == []
@@ -220,13 +205,13 @@ async def test_unknown_table_or_column_is_judged_on_the_current_schema(
     ]
     async with env.running(env.config(), nursery):
         await env.publish(subject, early)
-        await applied(env, 2)
+        await env.applied(2)
         await env.execute(
             f"CREATE TABLE {env.schema}.later (id int PRIMARY KEY);"
             f"ALTER TABLE {env.schema}.items ADD COLUMN extra int;"
         )
         await env.publish(subject, late)
-        await applied(env, 4)
+        await env.applied(4)
     assert await env.rows("later") == [{"id": 2}]
     assert await env.rows("items") == [{"id": 2, "name": None, "extra": 2}]
     assert [d["payload"] for d in await env.dead_letters()] == early

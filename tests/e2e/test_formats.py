@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from harness import Env, envelope, wait_until
+from harness import Env, envelope
 
 # The change events of the Debezium PostgreSQL connector documentation (see its README).
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -43,21 +43,6 @@ def person(i: int, **cols: Any) -> dict[str, Any]:
     return row
 
 
-async def applied(env: Env, seq: int, flow: str = "f", dest: str = "primary") -> None:
-    """Wait until the destination's checkpoint covers stream sequence ``seq``."""
-
-    async def check() -> bool:
-        rows = await env.sql(
-            f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints "
-            "WHERE flow = $1 AND destination = $2",
-            flow,
-            dest,
-        )
-        return bool(rows) and rows[0]["last_seq"] >= seq
-
-    await wait_until(check, what=f"checkpoint of {flow}/{dest} reaching {seq}")
-
-
 async def test_debezium_fixtures_create_update_delete(env: Env, nursery: trio.Nursery) -> None:
     """The documented Debezium create, update and delete insert, change, then remove a row."""
     await env.create_schema(CUSTOMERS)
@@ -65,12 +50,12 @@ async def test_debezium_fixtures_create_update_delete(env: Env, nursery: trio.Nu
     raw = {n: (FIXTURES / f"debezium-postgres-{n}.json").read_bytes() for n in ("create", "update")}
     async with env.running(env.config(env.flow_yaml(fmt="debezium")), nursery):
         await env.publish(subject, [raw["create"]])
-        await applied(env, 1)
+        await env.applied(1)
         assert await env.rows("customers") == [
             {"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"}
         ]
         await env.publish(subject, [raw["update"]])
-        await applied(env, 2)
+        await env.applied(2)
         assert await env.rows("customers") == [
             {
                 "id": 1,
@@ -80,7 +65,7 @@ async def test_debezium_fixtures_create_update_delete(env: Env, nursery: trio.Nu
             }
         ]
         await env.publish(subject, [(FIXTURES / "debezium-postgres-delete.json").read_bytes()])
-        await applied(env, 3)
+        await env.applied(3)
         assert await env.rows("customers") == []
     assert await env.dead_letters() == []
 
@@ -105,7 +90,7 @@ async def test_auto_format_mixes_envelopes_and_debezium(env: Env, nursery: trio.
     ]
     async with env.running(env.config(env.flow_yaml(fmt="auto")), nursery):
         await env.publish(subject, events)
-        await applied(env, len(events))
+        await env.applied(len(events))
     assert await env.rows("customers") == [
         {"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"},
         person(2, email="two@x"),
@@ -140,7 +125,7 @@ async def test_unavailable_value_never_overwrites(
     )
     flow = env.flow_yaml(fmt="debezium", mode=mode, batch="{max_size: 1000, max_delay_ms: 200}")
     async with env.running(env.config(flow), nursery):
-        await applied(env, 5)
+        await env.applied(5)
         # and once more against the rows as this run stored them
         await env.publish(
             subject,
@@ -149,7 +134,7 @@ async def test_unavailable_value_never_overwrites(
                 dbz("u", {"id": 3}, person(3, email=UNAVAILABLE, last_name=UNAVAILABLE)),
             ],
         )
-        await applied(env, 7)
+        await env.applied(7)
     assert await env.rows("customers") == [
         person(1, first_name="newer1"),
         person(2),
@@ -167,7 +152,7 @@ async def test_primary_key_change_leaves_only_new_row(
     subject = env.subject() + ".customers"
     async with env.running(env.config(env.flow_yaml(fmt="debezium", mode=mode)), nursery):
         await env.publish(subject, [created(person(1)), created(person(2))])
-        await applied(env, 2)
+        await env.applied(2)
         await env.publish(
             subject,
             [
@@ -181,7 +166,7 @@ async def test_primary_key_change_leaves_only_new_row(
                 created(person(21)),
             ],
         )
-        await applied(env, 9)
+        await env.applied(9)
     assert await env.rows("customers") == [
         person(2),
         person(10, first_name="moved"),
@@ -210,14 +195,14 @@ async def test_truncate_applied_only_when_enabled(
     flow = env.flow_yaml(fmt="debezium", extra_dest=extra)
     async with env.running(env.config(flow), nursery):
         await env.publish(subject, [created(person(1)), created(person(2))])
-        await applied(env, 2)
+        await env.applied(2)
         await env.publish(subject, [json.dumps(TRUNCATE).encode(), created(person(3))])
-        await applied(env, 4)
+        await env.applied(4)
         # a truncate and rows on both sides of it inside one batch
         await env.publish(
             subject, [created(person(4)), json.dumps(TRUNCATE).encode(), created(person(5))]
         )
-        await applied(env, 7)
+        await env.applied(7)
     ids = [r["id"] for r in await env.rows("customers")]
     assert ids == ([5] if enabled else [1, 2, 3, 4, 5])
     assert await env.dead_letters() == []
@@ -234,6 +219,6 @@ async def test_tombstone_is_skipped_without_dead_letter(
         await env.publish(
             subject, [created(person(1)), b"", dbz("u", {"id": 1}, person(1, email="e")), b""]
         )
-        await applied(env, 4)
+        await env.applied(4)
     assert await env.rows("customers") == [person(1, email="e")]
     assert await env.dead_letters() == []
