@@ -1,8 +1,9 @@
-"""Command line: ``cdcsync serve | check | generate-config``."""
+"""Command line: ``cdcsync serve | check | dlq | generate-config``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,34 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--connect", action="store_true", help="also connect to every server and check tables"
     )
+
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "show the newest dead letters with their reasons"),
+        ("replay", "re-apply dead letters (after fixing the table or mapping)"),
+        ("purge", "delete dead letters that failed before a date"),
+    ):
+        action = dlq_sub.add_parser(name, help=text)
+        action.add_argument(
+            "-c",
+            "--config",
+            default=os.environ.get("CDCSYNC_CONFIG", "cdcsync.yaml"),
+            help="configuration file (default: $CDCSYNC_CONFIG or ./cdcsync.yaml)",
+        )
+        action.add_argument("--flow", help="only this flow")
+        action.add_argument("--destination", help="only this destination")
+        if name == "list":
+            action.add_argument("--limit", type=int, default=20, help="rows per destination")
+            action.add_argument("--payload", action="store_true", help="print whole payloads")
+        if name == "replay":
+            which = action.add_mutually_exclusive_group(required=True)
+            which.add_argument("--id", type=int, action="append", help="a dead letter id")
+            which.add_argument("--all", action="store_true", help="every dead letter")
+        if name == "purge":
+            action.add_argument(
+                "--before", required=True, help="ISO date or timestamp, e.g. 2026-11-01"
+            )
 
     gen = sub.add_parser("generate-config", help="write a commented example configuration")
     gen.add_argument("path", nargs="?", help="file to write (default: standard output)")
@@ -142,6 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command in ("check", "validate"):
         return _check(args)
+    if args.command == "dlq":
+        from cdcsync import dlq
+
+        try:
+            cfg = config.load(args.config)
+        except ConfigError as exc:
+            for line in exc.errors:
+                print(line, file=sys.stderr)
+            return 1
+        try:
+            return trio.run(dlq.run, cfg, args)
+        except CdcSyncError as exc:
+            print(f"cdcsync dlq: {exc}", file=sys.stderr)
+            return 1
     return _generate(args)
 
 

@@ -219,6 +219,30 @@ class PostgresSink:
         if conn is not None:
             conn.terminate()
 
+    async def raw_connection(self) -> asyncpg.Connection:
+        """(asyncio side) A plain connection for operator tools; no writer lock is taken."""
+        if self._conn is None or self._conn.is_closed():
+            await self._aio_connect_only()
+        assert self._conn is not None
+        return self._conn
+
+    async def apply_without_checkpoint(self, items: list[Item]) -> list[tuple[Item, str]]:
+        """(asyncio side) Apply items in one transaction; return those that failed, with why.
+
+        For replaying dead letters: no checkpoint, no new dead letters.
+        """
+        conn = await self.raw_connection()
+        mapping = self.options.tables
+        names = {mapping.get(i.event.table, i.event.table) for i in items if i.event is not None}
+        self._tables.clear()
+        await self._aio_lookup(sorted(names))
+        resolved, dead, _skipped, _suspects = self._resolve(items)
+        self._stale_is_data = True
+        async with conn.transaction():
+            if resolved:
+                await self._aio_apply_split(resolved, dead)
+        return dead
+
     @property
     def checkpoint(self) -> int | None:
         return self._checkpoint

@@ -1,0 +1,88 @@
+"""``cdcsync dlq list | replay | purge``: dead letters of every matching destination."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from cdcsync import registry
+from cdcsync.bridge import open_bridge
+from cdcsync.config import Config, redact_url
+from cdcsync.errors import CdcSyncError
+from cdcsync.sinks import dead_letters
+from cdcsync.sinks.postgres import PostgresSink
+
+__all__ = ["run"]
+
+
+def _sinks(config: Config, args: argparse.Namespace) -> list[tuple[PostgresSink, str, int]]:
+    """(sink, format, max_bytes) for each selected destination."""
+    out = []
+    for flow in config.flows:
+        if args.flow and flow.name != args.flow:
+            continue
+        opts = flow.source.options
+        for dest in flow.destinations:
+            if args.destination and dest.name != args.destination:
+                continue
+            if dest.type != "postgres":
+                continue
+            spec = registry.destinations()[dest.type]
+            out.append(
+                (
+                    spec.factory(flow.name, dest.name, dest.options),
+                    opts.format,
+                    opts.max_message_bytes,
+                )
+            )
+    if not out:
+        raise CdcSyncError("no destination matches --flow/--destination")
+    return out
+
+
+def _preview(payload: bytes, whole: bool) -> str:
+    text = payload.decode("utf-8", errors="replace").replace("\n", " ")
+    return text if whole or len(text) <= 100 else text[:97] + "..."
+
+
+def _before(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CdcSyncError(f"--before {text!r}: expected an ISO date like 2026-11-01") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+async def run(config: Config, args: argparse.Namespace) -> int:
+    """Carry out one ``dlq`` action; prints a line per letter or per destination."""
+    before = _before(args.before) if args.dlq_command == "purge" else None
+    async with open_bridge():
+        for sink, fmt, max_bytes in _sinks(config, args):
+            where = f"{sink.flow}/{sink.name} ({redact_url(sink.options.url)})"
+            try:
+                if args.dlq_command == "list":
+                    letters = await dead_letters.list_letters(sink, limit=args.limit)
+                    print(f"# {where}: {len(letters)} shown")
+                    for dl in letters:
+                        print(
+                            f"{dl.id}\t{dl.failed_at.isoformat(timespec='seconds')}\t"
+                            f"seq={dl.stream_seq}\t{dl.subject}\t{dl.error}\n"
+                            f"\t{_preview(dl.payload, args.payload)}"
+                        )
+                elif args.dlq_command == "replay":
+                    result = await dead_letters.replay(
+                        sink, fmt, max_bytes, None if args.all else args.id
+                    )
+                    print(
+                        f"{where}: applied {result.applied}, "
+                        f"still failing {result.still_failing} (kept, with the new reason)"
+                    )
+                else:
+                    assert before is not None
+                    count = await dead_letters.purge(sink, before)
+                    print(f"{where}: purged {count} dead letters older than {before.isoformat()}")
+            except OSError as exc:
+                raise CdcSyncError(f"{where}: {exc}") from exc
+            finally:
+                await sink.close()
+    return 0
