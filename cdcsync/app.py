@@ -40,7 +40,7 @@ async def _serve_api(
     # Hypercorn's own "Running on" banner is replaced by our structured "api listening".
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.graceful_timeout = 2
-    app = create_app(flows, token=config.api.token)
+    app = create_app(flows, token=config.api.token, cors_origins=config.api.cors_origins)
     await hypercorn.trio.serve(app, hconfig, shutdown_trigger=stop.wait, task_status=task_status)
 
 

@@ -127,6 +127,7 @@ class ApiConfig:
     port: int = 8080
     token: str | None = None
     enabled: bool = True
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ _API = sy.Map(
         sy.Optional("bind", default="127.0.0.1:8080"): EnvStr(),
         sy.Optional("token"): EnvStr(),
         sy.Optional("enabled", default=True): EnvBool(),
+        sy.Optional("cors_origins"): sy.Seq(EnvStr()),
     }
 )
 _FLOW = sy.Map(
@@ -295,7 +297,13 @@ def loads(text: str, path: str = "<config>") -> Config:
         node = doc["api"]
         bind_line = node["bind"].start_line if "bind" in node.data else node.start_line
         host, port = _parse_bind(path, bind_line, node.data["bind"])
-        api = ApiConfig(host, port, node.data.get("token") or None, node.data["enabled"])
+        api = ApiConfig(
+            host,
+            port,
+            node.data.get("token") or None,
+            node.data["enabled"],
+            tuple(node.data.get("cors_origins") or ()),
+        )
 
     flows: list[FlowConfig] = []
     has_flows = "flows" in doc.data

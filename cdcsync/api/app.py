@@ -20,9 +20,24 @@ from cdcsync.flow.pipeline import Flow
 __all__ = ["create_app"]
 
 
-def create_app(flows: Sequence[Flow], token: str | None = None) -> QuartTrio:
+def create_app(
+    flows: Sequence[Flow], token: str | None = None, cors_origins: Sequence[str] = ()
+) -> QuartTrio:
     app = QuartTrio("cdcsync")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    allowed = set(cors_origins)
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        # No CORS headers at all unless the operator listed the dashboard's origins.
+        origin = request.headers.get("Origin")
+        if origin and (origin in allowed or "*" in allowed):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        return response
+
     started = time.time()
     by_name = {f.name: f for f in flows}
 
