@@ -463,7 +463,7 @@ class PostgresSink:
         originals: dict[tuple[str, Hashable], dict[str, Any]] = {}
         for r in group:
             tables.setdefault(r.table.name, r.table)
-            if r.key is not None:
+            if r.event.op is Op.DELETE:  # a delete statement needs the key as the event spelt it
                 originals[(r.table.name, r.key)] = {c: r.event.data[c] for c in r.table.key}
         plans = compact(
             ((r.table.name, r.key, r.event) for r in group), self.options.conflict_resolution
@@ -483,10 +483,14 @@ class PostgresSink:
         for name in order:
             info = tables[name]
             groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
+            ordered: dict[frozenset[str], tuple[str, ...]] = {}  # column set -> table order
             for op in plans[name].ops.values():
                 if op.kind is Kind.DELETE:
                     continue
-                cols = tuple(c for c in info.columns if c in op.cols)
+                shape = frozenset(op.cols)
+                cols = ordered.get(shape)
+                if cols is None:
+                    cols = ordered[shape] = tuple(c for c in info.columns if c in shape)
                 groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
             for (kind, cols, keep), rows in groups.items():
                 stmt = self._sql(
