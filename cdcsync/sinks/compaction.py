@@ -116,33 +116,56 @@ def _result(state: _State, mode: Mode) -> KeyOp | None:
     return KeyOp(Kind.MERGE, state.cols)
 
 
+def _single(ev: ChangeEvent, mode: Mode) -> KeyOp | None:
+    """The result of folding one event into an untouched key: the common case, made cheap."""
+    op = ev.op
+    if op is Op.DELETE:
+        return KeyOp(Kind.DELETE, {})
+    if mode is Mode.UPSERT:
+        return KeyOp(Kind.MERGE, ev.data)
+    if mode is Mode.REPLACE:
+        keep = frozenset(c for c in ev.unavailable if c not in ev.data)
+        return KeyOp(Kind.REPLACE, ev.data, keep)
+    return None if op is Op.UPDATE else KeyOp(Kind.INSERT, ev.data)
+
+
 def compact(
     events: Iterable[tuple[Hashable, Hashable, ChangeEvent]], mode: Mode
 ) -> dict[Hashable, TablePlan]:
     """Fold ``(table, key, event)`` triples, in stream order, into one plan per table.
 
     A truncate discards everything before it for its table (the rows it would
-    have touched are gone) and is executed first.
+    have touched are gone) and is executed first. A key seen once keeps its event
+    as is (no fold state); only keys that repeat in the batch are folded.
     """
-    states: dict[Hashable, dict[Hashable, _State]] = {}
+    states: dict[Hashable, dict[Hashable, _State | ChangeEvent]] = {}
     truncated: set[Hashable] = set()
     for table, key, ev in events:
-        per_table = states.setdefault(table, {})
+        per_table = states.get(table)
+        if per_table is None:
+            per_table = states[table] = {}
         if ev.op is Op.TRUNCATE:
             per_table.clear()
             truncated.add(table)
             continue
         state = per_table.get(key)
         if state is None:
-            state = per_table[key] = _State()
-            if table in truncated:
-                state.base = _DELETED  # the table was emptied earlier in this batch
+            if table not in truncated:
+                per_table[key] = ev
+                continue
+            state = per_table[key] = _State(base=_DELETED)  # the table was emptied in this batch
+        elif isinstance(state, ChangeEvent):
+            first, state = state, _State()
+            per_table[key] = state
+            _fold(state, first, mode)
         _fold(state, ev, mode)
     plans: dict[Hashable, TablePlan] = {}
     for table, per_table in states.items():
         plan = TablePlan(truncate=table in truncated)
         for key, state in per_table.items():
-            result = _result(state, mode)
+            result = (
+                _single(state, mode) if isinstance(state, ChangeEvent) else _result(state, mode)
+            )
             if result is not None:
                 plan.ops[key] = result
         plans[table] = plan
