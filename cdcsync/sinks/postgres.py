@@ -392,6 +392,7 @@ class PostgresSink:
         skipped = 0
         mapping = self.options.tables
         schema = self.options.schema
+        shapes: dict[tuple[str, tuple[str, ...]], tuple[list[str], bool]] = {}
         for item in items:
             if item.error is not None:
                 dead.append((item, item.error))
@@ -419,14 +420,22 @@ class PostgresSink:
                     skipped += 1
                 continue
             cols = info.columns
-            unknown = [c for c in ev.data if c not in cols]
+            data = ev.data
+            # Events of one table mostly share a few column sets: check each set once.
+            shape = (target, tuple(data))
+            checked = shapes.get(shape)
+            if checked is None:
+                checked = shapes[shape] = (
+                    [c for c in data if c not in cols],
+                    any(cols[c].generated for c in data if c in cols),
+                )
+            unknown, generated = checked
             if unknown:
                 suspects.add(target)
                 shown_cols = ", ".join(repr(c) for c in unknown[:5])
                 dead.append((item, f"unknown column(s) {shown_cols} in table {schema}.{target}"))
                 continue
-            data = ev.data
-            if any(cols[c].generated for c in data):
+            if generated:
                 data = {c: v for c, v in data.items() if not cols[c].generated}
                 ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
             try:
