@@ -69,7 +69,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        bad = {f.name: f.stats.status for f in flows if f.stats.status != "running"}
+        bad = {f.name: f.stats.status for f in flows if f.stats.status not in ("running", "paused")}
         body: dict[str, Any] = {
             "status": "ok" if not bad else "unavailable",
             "flows": {f.name: f.stats.status for f in flows},

@@ -64,13 +64,33 @@ class Flow:
             self.sinks.append(spec.factory(config.name, dest.name, dest.options))
             self.stats.destination(dest.name)
         self._stopping = trio.Event()
+        self._run_stop = trio.Event()  # ends the current pipeline run (stop or pause)
+        self._resumed = trio.Event()
+        self.paused = False
+        self._running_since: float | None = None
         self._identity: tuple[str, str] | None = None
         self.stopped = trio.Event()
 
     def stop(self) -> None:
         """Stop reading; in-flight batches are committed and acknowledged before run() returns."""
         self._stopping.set()
-        self.source.stop()
+        self._run_stop.set()
+        self._resumed.set()
+
+    def pause(self) -> None:
+        """Stop reading and drain; the durable consumer stays, nothing is acked early."""
+        if not self.paused:
+            self.paused = True
+            self._resumed = trio.Event()
+            self._run_stop.set()
+            log.info("flow pausing", flow=self.name)
+
+    def resume(self) -> None:
+        """Start reading again from the checkpoints."""
+        if self.paused:
+            self.paused = False
+            self._resumed.set()
+            log.info("flow resuming", flow=self.name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pipeline until stopped, restarting it after failures.
@@ -84,6 +104,11 @@ class Flow:
         ever_ran = False
         try:
             while not self._stopping.is_set():
+                if self.paused:
+                    self.stats.status = "paused"
+                    await self._resumed.wait()
+                    continue
+                self._run_stop = trio.Event()
                 try:
                     try:
                         await self._run_once()
@@ -92,6 +117,9 @@ class Flow:
                     ever_ran = True
                     if self._stopping.is_set():
                         break
+                    if self.paused:
+                        backoff.reset()
+                        continue
                     raise SourceError("source stopped unexpectedly")
                 except FatalSinkError as exc:
                     self.stats.status = "failed"
@@ -107,7 +135,11 @@ class Flow:
                     if self._stopping.is_set():
                         break
                     self._note_failure(exc)
-                    ever_ran = ever_ran or self.stats.status == "running"
+                    if self._running_since is not None:
+                        ever_ran = True
+                        if trio.current_time() - self._running_since > 60:
+                            backoff.reset()  # it ran fine for a while: not a crash loop
+                    self._running_since = None
                     delay = backoff.next()
                     expected = isinstance(exc, (SourceError, SinkError, OSError))
                     log.warning(
@@ -118,8 +150,6 @@ class Flow:
                     )
                     with trio.move_on_at(trio.current_time() + delay):
                         await self._stopping.wait()
-                else:
-                    backoff.reset()
         finally:
             self.stats.status = "stopped" if self.stats.status != "failed" else "failed"
             with trio.CancelScope(shield=True):
@@ -162,8 +192,8 @@ class Flow:
                 self.stats.status = dstats.status = "standby"
                 sink.abort()
                 with trio.move_on_after(_STANDBY_POLL_S):
-                    await self._stopping.wait()
-                if self._stopping.is_set():
+                    await self._run_stop.wait()
+                if self._run_stop.is_set():
                     return []
             try:
                 cp = await sink.prepare(self._identity)
@@ -196,7 +226,7 @@ class Flow:
         await self.source.connect()
         self._identity = await self.source.identity()
         checkpoints = await self._acquire()
-        if self._stopping.is_set():
+        if self._run_stop.is_set():
             return
         start_after = self._start_after(checkpoints)
         inflight: dict[int, Batch] = {}
@@ -248,13 +278,15 @@ class Flow:
                         float(js.ack_wait_s),
                         name=f"flow={self.name} keepalive",
                     )
-                await nursery.start(self.source.run, start_after, src_send)
+                await nursery.start(self.source.run, start_after, src_send, self._run_stop)
                 self.stats.status = "running"
+                self._running_since = trio.current_time()
                 log.info("flow running", start_after=start_after)
                 await stages.run_acker(
                     done_recv, inflight, len(self.sinks), self.source.ack, self.stats
                 )
                 aux.cancel_scope.cancel()
+        self._running_since = None
 
     async def _poll_pending(self) -> None:
         while True:

@@ -13,6 +13,7 @@ are Trio and cross the bridge once per call.
 from __future__ import annotations
 
 import decimal
+import json
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ def _canonical(value: Any, pg_type: str) -> Any:
     if isinstance(value, (int, float)) and not pg_type.startswith(("text", "character")):
         return value
     return value if isinstance(value, str) else str(value)
+
+
+class _BadValue(Exception):
+    """A value cdcsync itself cannot pass on (e.g. JSON nested too deep to serialize)."""
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    """Rows as one JSON document for ``json_populate_recordset``.
+
+    orjson stops at 255 levels of nesting; the standard library goes deeper, and
+    past that the value is bad data for its event, not a reason to stop the flow.
+    """
+    try:
+        return orjson.dumps(rows).decode()
+    except TypeError:
+        try:
+            return json.dumps(rows, ensure_ascii=False, allow_nan=False)
+        except (RecursionError, TypeError, ValueError) as exc:
+            raise _BadValue(f"value cannot be serialized: {type(exc).__name__}: {exc}") from None
 
 
 class _StaleCatalog(Exception):
@@ -488,7 +508,7 @@ class PostgresSink:
             ]
             if keys:
                 stmt = self._sql(("delete", name, info.key), sql.delete_sql, info)
-                await conn.execute(stmt, orjson.dumps(keys).decode())
+                await conn.execute(stmt, _json(keys))
         for name in order:
             info = tables[name]
             groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
@@ -510,7 +530,7 @@ class PostgresSink:
                     cols,
                     keep,
                 )
-                await conn.execute(stmt, orjson.dumps(rows).decode())
+                await conn.execute(stmt, _json(rows))
 
     async def _aio_apply_split(self, group: list[_Resolved], dead: list[tuple[Item, str]]) -> int:
         """Apply in savepoints, halving on data errors until the bad events stand alone."""
@@ -520,6 +540,10 @@ class PostgresSink:
             async with conn.transaction():
                 await self._aio_execute(group)
             return len(group)
+        except _BadValue as exc:
+            if len(group) == 1:
+                dead.append((group[0].item, str(exc)))
+                return 0
         except asyncpg.PostgresError as exc:
             if is_retryable(exc):
                 raise
@@ -587,6 +611,8 @@ class PostgresSink:
                         await self._aio_execute(resolved)
                     await self._aio_finish(dead, last)
                 return len(resolved)
+            except _BadValue:
+                del dead[dead_before:]
             except asyncpg.PostgresError as exc:
                 if is_retryable(exc):
                     raise

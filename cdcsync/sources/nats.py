@@ -183,7 +183,6 @@ class NatsSource:
         self._send: trio.MemorySendChannel[Delivery] | None = None
         self._failure: BaseException | None = None
         self._wake = trio.Event()
-        self._stopped = False
         self._dseq = 0
         self._seq = 0
         self.dropped = 0
@@ -228,31 +227,36 @@ class NatsSource:
         self,
         start_after: int | None,
         send: trio.MemorySendChannel[Delivery],
+        stop: trio.Event,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Subscribe and deliver until :meth:`stop`; then close ``send`` so the flow drains."""
+        """Subscribe and deliver until ``stop`` is set; then close ``send`` so the flow drains.
+
+        What was received before ``stop`` still flows through and gets acknowledged.
+        """
         self._wake = trio.Event()
         self._failure = None
-        if self._stopped:
-            self._wake.set()
-        async with send:
+        wake = self._wake
+
+        async def relay() -> None:
+            await stop.wait()
+            wake.set()
+
+        async with send, trio.open_nursery() as relays:
+            relays.start_soon(relay)
             self._send = send
             try:
                 await aio(self._aio_subscribe, start_after)
             except Exception as exc:
                 raise SourceError(f"cannot subscribe: {_text(exc)}") from exc
             task_status.started()
-            await self._wake.wait()
+            await wake.wait()
+            relays.cancel_scope.cancel()
             self._send = None  # later callbacks drop their message: it stays unacked
             if self._failure is not None:
                 raise self._failure
             await self._unsubscribe()
-
-    def stop(self) -> None:
-        """Stop reading; what was received still flows through and gets acked."""
-        self._stopped = True
-        self._wake.set()
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
