@@ -10,9 +10,35 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DestinationStats", "FlowStats", "Rate"]
+__all__ = ["BATCH_BUCKETS_S", "DestinationStats", "FlowStats", "Histogram", "Rate"]
 
 _WINDOW = 10
+# Batch write durations, seconds (Prometheus histogram buckets).
+BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram, Prometheus style."""
+
+    __slots__ = ("buckets", "count", "counts", "total")
+
+    def __init__(self, buckets: tuple[float, ...] = BATCH_BUCKETS_S) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+    def reset(self) -> None:
+        self.counts = [0] * len(self.buckets)
+        self.count = 0
+        self.total = 0.0
 
 
 class Rate:
@@ -54,6 +80,7 @@ class DestinationStats:
     last_batch_ms: float | None = None
     checkpoint: int | None = None
     rate: Rate = field(default_factory=Rate)
+    latency: Histogram = field(default_factory=Histogram)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -76,6 +103,7 @@ class DestinationStats:
         self.batches = self.failed_batches = self.retries = 0
         self.last_error = None
         self.rate.reset()
+        self.latency.reset()
 
 
 @dataclass

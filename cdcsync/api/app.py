@@ -7,15 +7,22 @@ one mutation (counter reset) is guarded by the bearer token when configured.
 from __future__ import annotations
 
 import hmac
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import orjson
+import psutil
+import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from cdcsync import __version__
+from cdcsync import __version__, registry
+from cdcsync.api import metrics
+from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
+from cdcsync.sinks import dead_letters
 
 __all__ = ["create_app"]
 
@@ -94,6 +101,107 @@ def create_app(
             f.stats.reset()
         return jsonify(stats())
 
+    process = psutil.Process(os.getpid())
+    process.cpu_percent(None)  # the first call only starts the measurement
+
+    def not_found(name: str) -> Response:
+        resp = jsonify({"error": f"no flow named {name!r}"})
+        resp.status_code = 404
+        return resp
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        body = metrics.render(flows, time.time() - started)
+        return Response(body, content_type=metrics.CONTENT_TYPE)
+
+    @app.get("/api/stream")
+    async def stream() -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            while True:
+                yield b"data: " + orjson.dumps(stats()) + b"\n\n"
+                await trio.sleep(1)
+
+        resp = Response(events(), content_type="text/event-stream")
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+        resp.timeout = None
+        return resp
+
+    @app.get("/api/system")
+    async def system() -> Response:
+        with process.oneshot():
+            try:
+                connections = len(process.net_connections(kind="inet"))
+            except psutil.Error:
+                connections = None
+            return jsonify(
+                {
+                    "version": __version__,
+                    "pid": process.pid,
+                    "uptime_s": round(time.time() - started, 1),
+                    "cpu_percent": process.cpu_percent(None),
+                    "rss_bytes": process.memory_info().rss,
+                    "threads": process.num_threads(),
+                    "open_connections": connections,
+                }
+            )
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        return jsonify(OPENAPI)
+
+    @app.post("/api/flows/<name>/pause")
+    @guarded
+    async def pause(name: str) -> Response:
+        flow = by_name.get(name)
+        if flow is None:
+            return not_found(name)
+        flow.pause()
+        return jsonify({**flow.describe(), "state": flow.stats.snapshot(), "paused": True})
+
+    @app.post("/api/flows/<name>/resume")
+    @guarded
+    async def resume(name: str) -> Response:
+        flow = by_name.get(name)
+        if flow is None:
+            return not_found(name)
+        flow.resume()
+        return jsonify({**flow.describe(), "state": flow.stats.snapshot(), "paused": False})
+
+    @app.get("/api/dead-letters")
+    async def get_dead_letters() -> Response:
+        wanted = request.args.get("flow")
+        try:
+            limit = max(1, min(int(request.args.get("limit", "50")), 1000))
+        except ValueError:
+            resp = jsonify({"error": "limit must be an integer"})
+            resp.status_code = 400
+            return resp
+        if wanted and wanted not in by_name:
+            return not_found(wanted)
+        letters: list[dict[str, Any]] = []
+        for flow in flows:
+            if wanted and flow.name != wanted:
+                continue
+            for dest in flow.config.destinations:
+                if dest.type != "postgres":
+                    continue
+                sink = registry.destinations()[dest.type].factory(
+                    flow.name, dest.name, dest.options
+                )
+                try:
+                    with trio.move_on_after(5):
+                        found = await dead_letters.list_letters(sink, limit=limit)
+                        letters.extend(_letter(d) for d in found)
+                except Exception as exc:
+                    letters.append(
+                        {"flow": flow.name, "destination": dest.name, "unavailable": str(exc)}
+                    )
+                finally:
+                    await sink.close()
+        letters.sort(key=lambda d: d.get("failed_at") or "", reverse=True)
+        return jsonify({"dead_letters": letters[:limit]})
+
     @app.get("/api/flows")
     async def list_flows() -> Response:
         return jsonify({"flows": [{**f.describe(), "state": f.stats.snapshot()} for f in flows]})
@@ -102,9 +210,22 @@ def create_app(
     async def get_flow(name: str) -> Response:
         flow = by_name.get(name)
         if flow is None:
-            resp = jsonify({"error": f"no flow named {name!r}"})
-            resp.status_code = 404
-            return resp
+            return not_found(name)
         return jsonify({**flow.describe(), "state": flow.stats.snapshot()})
 
     return app
+
+
+def _letter(d: dead_letters.DeadLetter) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "flow": d.flow,
+        "destination": d.destination,
+        "subject": d.subject,
+        "stream_seq": d.stream_seq,
+        "table": d.table_name,
+        "error": d.error,
+        "failed_at": d.failed_at.isoformat(),
+        "payload": d.payload[:2048].decode("utf-8", errors="replace"),
+        "payload_bytes": len(d.payload),
+    }

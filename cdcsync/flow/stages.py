@@ -193,6 +193,7 @@ async def run_sink(
             stats.skipped += result.skipped
             stats.rate.add(result.written)
             stats.last_batch_ms = round(result.seconds * 1000, 2)
+            stats.latency.observe(result.seconds)
             stats.checkpoint = getattr(sink, "checkpoint", None)
             if result.dead_lettered:
                 log.warning(

@@ -1,0 +1,142 @@
+"""The observability API of a running service: metrics, SSE, system, pause, dead letters."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import trio
+from harness import Env, envelope, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text);"
+
+
+async def test_metrics_parse_and_count_what_happened(env: Env, nursery: trio.Nursery) -> None:
+    """/metrics is valid Prometheus text whose counters match the events published."""
+    await env.create_schema(TABLE)
+    async with env.running(env.config(), nursery) as running:
+        await env.publish(
+            env.subject() + ".x",
+            [envelope("items", "insert", {"id": i, "name": "n"}) for i in range(30)]
+            + [b"not json"],
+        )
+        await env.applied(31)
+        async with httpx.AsyncClient(base_url=running.api) as client:
+            resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(resp.text)
+        for s in family.samples
+    }
+    dest = (("destination", "primary"), ("flow", "f"))
+    assert samples[("cdcsync_events_written_total", dest)] == 30
+    assert samples[("cdcsync_events_dead_lettered_total", dest)] == 1
+    assert samples[("cdcsync_events_received_total", (("flow", "f"),))] == 31
+    assert samples[("cdcsync_flow_status", (("flow", "f"), ("status", "running")))] == 1
+    assert samples[("cdcsync_batch_duration_seconds_count", dest)] >= 1
+    assert samples[("cdcsync_checkpoint_sequence", dest)] == 31
+
+
+async def read_sse(api: str, count: int) -> tuple[str, list[dict], float]:
+    """A plain HTTP/1.1 client over a Trio TCP stream: headers, then ``count`` data events."""
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            f"GET /api/stream HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        buffer, events = b"", []
+        started = trio.current_time()
+        while len(events) < count:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "server closed the event stream"
+            buffer += chunk
+            events = [
+                orjson.loads(line[6:])
+                for line in buffer.split(b"\n")
+                if line.startswith(b"data: ") and line.rstrip().endswith(b"}")
+            ]
+        head = buffer.split(b"\r\n\r\n", 1)[0].decode()
+        return head, events[:count], trio.current_time() - started
+
+
+async def test_sse_stream_sends_a_snapshot_every_second(env: Env, nursery: trio.Nursery) -> None:
+    """/api/stream delivers stats snapshots as Server-Sent Events, about one per second."""
+    await env.create_schema(TABLE)
+    async with env.running(env.config(), nursery) as running:
+        with trio.fail_after(10):
+            head, snapshots, elapsed = await read_sse(running.api, 3)
+    assert "content-type: text/event-stream" in head.lower()
+    assert [f["name"] for f in snapshots[0]["flows"]] == ["f"]
+    assert 1.5 <= elapsed <= 4.0
+
+
+async def test_system_reports_process_figures(env: Env, nursery: trio.Nursery) -> None:
+    """/api/system gives RSS, CPU, connections, uptime and the version."""
+    await env.create_schema(TABLE)
+    async with (
+        env.running(env.config(), nursery) as running,
+        httpx.AsyncClient(base_url=running.api) as client,
+    ):
+        body = (await client.get("/api/system")).json()
+        spec = (await client.get("/api/openapi.json")).json()
+    assert body["rss_bytes"] > 10_000_000
+    assert body["open_connections"] >= 2  # at least NATS and PostgreSQL
+    assert body["version"] and body["uptime_s"] >= 0
+    assert "/api/flows/{name}/pause" in spec["paths"]
+
+
+async def test_pause_stops_writing_and_resume_catches_up(env: Env, nursery: trio.Nursery) -> None:
+    """A paused flow writes and acks nothing new; after resume every event lands, none lost."""
+    await env.create_schema(TABLE)
+    subject = env.subject() + ".x"
+    async with (
+        env.running(env.config(), nursery) as running,
+        httpx.AsyncClient(base_url=running.api) as client,
+    ):
+        await env.publish(subject, [envelope("items", "insert", {"id": i}) for i in range(10)])
+        await env.applied(10)
+        resp = await client.post("/api/flows/f/pause")
+        assert resp.status_code == 200
+
+        async def paused() -> bool:
+            return (await client.get("/api/flows/f")).json()["state"]["status"] == "paused"
+
+        await wait_until(paused, what="the flow to report paused")
+        await env.publish(subject, [envelope("items", "insert", {"id": i}) for i in range(10, 60)])
+        await trio.sleep(1.0)
+        assert await env.count("items") == 10
+        flow = running.service.flows[0]
+        assert flow.stats.acked == 10
+        assert (await client.get("/health")).status_code == 200  # paused on purpose is healthy
+
+        assert (await client.post("/api/flows/f/resume")).status_code == 200
+        await env.applied(60)
+        assert (await client.post("/api/flows/nope/pause")).status_code == 404
+    assert [r["id"] for r in await env.rows("items")] == list(range(60))
+
+
+async def test_dead_letters_endpoint_lists_newest_with_reasons(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    """/api/dead-letters returns the flow's dead letters, newest first, with their reasons."""
+    await env.create_schema(TABLE)
+    async with env.running(env.config(), nursery) as running:
+        await env.publish(
+            env.subject() + ".x",
+            [b"first bad", envelope("items", "insert", {"id": 1}), b'{"second": "bad"}'],
+        )
+        await env.applied(3)
+        async with httpx.AsyncClient(base_url=running.api) as client:
+            body = (await client.get("/api/dead-letters", params={"flow": "f"})).json()
+            missing = await client.get("/api/dead-letters", params={"flow": "nope"})
+            limited = (await client.get("/api/dead-letters", params={"limit": "1"})).json()
+    letters = body["dead_letters"]
+    assert [d["payload"] for d in letters] == ['{"second": "bad"}', "first bad"]
+    assert "not valid JSON" in letters[1]["error"]
+    assert letters[0]["flow"] == "f" and letters[0]["destination"] == "primary"
+    assert missing.status_code == 404
+    assert len(limited["dead_letters"]) == 1
