@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import strictyaml as sy
 from strictyaml.ruamel.error import MarkedYAMLError
@@ -34,6 +33,8 @@ __all__ = [
     "load",
     "loads",
     "redact_url",
+    "scrub",
+    "url_secrets",
 ]
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -397,19 +398,62 @@ def load(path: str | os.PathLike[str]) -> Config:
     return loads(text, str(p))
 
 
-_SECRET_PARAMS = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*")
+_SECRET_PARAMS = re.compile(
+    r"(?i)((?:^|[?&;])[a-z_]*(?:password|passwd|pass|token|secret|pwd)[a-z_]*=)[^&;#]*"
+)
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(prefix up to ``://``, userinfo, rest) found by hand: passwords may hold ``/#?@``."""
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return None
+    start = scheme_end + 3
+    query = url.find("?", start)
+    at = url.rfind("@", start, query if query >= 0 else len(url))
+    if at < 0:
+        return None
+    return url[:start], url[start:at], url[at:]
 
 
 def redact_url(url: str) -> str:
-    """Hide secrets in a URL: ``user:***@host``, and ``password=***`` in the query."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "***"
-    if password is not None:
-        netloc = parts.netloc.rsplit("@", 1)
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}")
-    if parts.query:
-        parts = parts._replace(query=_SECRET_PARAMS.sub(r"\1***", parts.query))
-    return urlunsplit(parts)
+    """Hide secrets in a URL: ``user:***@host``, ``***@host`` (a NATS token), ``password=***``."""
+    parts = _split_userinfo(url)
+    if parts is not None:
+        prefix, userinfo, rest = parts
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        elif prefix.lower().startswith(("nats", "tls", "ws")):
+            userinfo = "***"  # nats://TOKEN@host: the user part is the token
+        url = prefix + userinfo + rest
+    head, sep, query = url.partition("?")
+    if sep:
+        url = head + sep + _SECRET_PARAMS.sub(r"\1***", query)
+    return url
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret strings inside a URL (password, token, secret query values)."""
+    found: list[str] = []
+    parts = _split_userinfo(url)
+    if parts is not None:
+        userinfo = parts[1]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        elif parts[0].lower().startswith(("nats", "tls", "ws")):
+            found.append(userinfo)
+    _, _, query = url.partition("?")
+    for m in _SECRET_PARAMS.finditer(query):
+        value = query[m.end() :].split("&", 1)[0].split(";", 1)[0].split("#", 1)[0]
+        found.append(value)
+    return [f for f in found if f]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """Remove secrets, and any long fragment of them, from an error message."""
+    for secret in secrets:
+        pieces = {secret, *re.split(r"[/#?@:%&;]", secret)}
+        for piece in sorted(pieces, key=len, reverse=True):
+            if len(piece) >= 4:
+                text = text.replace(piece, "***")
+    return text

@@ -12,6 +12,8 @@ import base64
 import datetime as dt
 import decimal
 import enum
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +77,21 @@ _CDC_OPS = {
 _DBZ_OPS = {"c": Op.INSERT, "u": Op.UPDATE, "r": Op.UPSERT, "d": Op.DELETE, "t": Op.TRUNCATE}
 
 
+# A number of 16 or more digits may not survive a float or a 64-bit integer.
+_LONG_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _loads(data: bytes) -> Any:
+    """Parse JSON; numbers that a float or int64 would round are kept exact (Decimal, int)."""
+    if _LONG_NUMBER.search(data) is not None:
+        try:
+            return json.loads(data, parse_float=decimal.Decimal, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(f"not valid JSON: {exc}") from None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

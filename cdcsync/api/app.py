@@ -17,6 +17,7 @@ import psutil
 import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from cdcsync import __version__, registry
 from cdcsync.api import metrics
@@ -24,15 +25,35 @@ from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
 from cdcsync.sinks import dead_letters
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 64 * 1024
 
 
 def create_app(
     flows: Sequence[Flow], token: str | None = None, cors_origins: Sequence[str] = ()
 ) -> QuartTrio:
     app = QuartTrio("cdcsync")
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     allowed = set(cors_origins)
+
+    @app.before_request
+    async def limit_body() -> Response | None:
+        # Quart checks MAX_CONTENT_LENGTH only when a handler reads the body, and ours
+        # do not: read (and so bound) every request body here.
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            resp = jsonify({"error": f"request body over {MAX_BODY} bytes"})
+            resp.status_code = 413
+            return resp
+        if request.method in ("POST", "PUT", "PATCH"):
+            try:
+                await request.get_data(cache=False)
+            except RequestEntityTooLarge:
+                resp = jsonify({"error": f"request body over {MAX_BODY} bytes"})
+                resp.status_code = 413
+                return resp
+        return None
 
     @app.after_request
     async def cors(response: Response) -> Response:

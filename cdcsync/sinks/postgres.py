@@ -12,6 +12,7 @@ are Trio and cross the bridge once per call.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import json
 import time
@@ -25,7 +26,7 @@ import strictyaml as sy
 import structlog
 
 from cdcsync.bridge import aio
-from cdcsync.config import EnvBool, EnvEnum, EnvStr, redact_url
+from cdcsync.config import EnvBool, EnvEnum, EnvStr, redact_url, scrub, url_secrets
 from cdcsync.errors import FatalSinkError, RetryableSinkError
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Item, WriteResult
@@ -66,6 +67,12 @@ def _parse(data: dict[str, Any]) -> PostgresOptions:
     url = data["url"]
     if not url.startswith(("postgres://", "postgresql://")):
         raise ValueError(f"url {redact_url(url)!r} must start with postgresql://")
+    for secret in url_secrets(url):
+        if any(ch in secret for ch in "/#?@"):
+            raise ValueError(
+                f"url {redact_url(url)!r}: the password contains '/', '#', '?' or '@'; "
+                f"percent-encode it (%2F, %23, %3F, %40)"
+            )
     return PostgresOptions(
         url=url,
         schema=data["schema"],
@@ -94,44 +101,57 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, url: str = "") -> str:
     if isinstance(exc, asyncpg.PostgresError):
         detail = f" ({exc.detail})" if getattr(exc, "detail", None) else ""
-        return f"{exc.sqlstate}: {exc}{detail}".replace("\x00", "")
-    return f"{type(exc).__name__}: {exc}".replace("\x00", "")
+        text = f"{exc.sqlstate}: {exc}{detail}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = text.replace("\x00", "")
+    return scrub(text, url_secrets(url)) if url else text
 
 
 _INT_TYPES = {"smallint", "integer", "bigint"}
 
 
 def _canonical(value: Any, pg_type: str) -> Any:
-    """One spelling per key value, so ``7``, ``"7"`` and ``7.0`` compact as the same row.
+    """One spelling per key value, so ``7`` and ``"7"`` compact as the same row.
 
+    Only spellings that PostgreSQL itself reads as the same key are unified (``7``
+    and ``" 7"`` for an integer, ``7`` and ``"7.00"`` for a numeric); anything else
+    keeps its type in the key, so ``true`` or ``1.0`` never fold into key ``1``.
     Only used to group events by key; the values sent to PostgreSQL are the event's own.
     """
-    if isinstance(value, bool) or value is None:
-        return value
-    if pg_type in _INT_TYPES:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return ("bool", value)
+    try:
+        if pg_type in _INT_TYPES:
+            if isinstance(value, int):
                 return value
-        return value
-    if pg_type.startswith(("numeric", "real", "double")) and isinstance(value, (int, float, str)):
-        try:
-            return ("n", decimal.Decimal(str(value).strip()).normalize())
-        except decimal.InvalidOperation:
-            return value
-    if pg_type == "uuid" and isinstance(value, str):
-        return value.strip().lower().replace("-", "")
-    if isinstance(value, (int, float)) and not pg_type.startswith(("text", "character")):
-        return value
-    return value if isinstance(value, str) else str(value)
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    return int(value.strip())
+        elif pg_type.startswith("numeric") and isinstance(
+            value, (int, float, str, decimal.Decimal)
+        ):
+            with contextlib.suppress(ArithmeticError, ValueError):
+                return ("n", decimal.Decimal(str(value).strip()).normalize())
+        elif pg_type == "uuid" and isinstance(value, str):
+            return ("uuid", value.strip().lower().replace("-", ""))
+        elif pg_type.startswith(("text", "character")) and isinstance(value, (int, float)):
+            return str(value)
+    except (ArithmeticError, ValueError):
+        pass
+    return (type(value).__name__, value) if not isinstance(value, str) else value
+
+
+def _exact(value: Any) -> Any:
+    """Exact numbers (see events.py) travel as JSON strings; PostgreSQL parses them exactly."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
 class _BadValue(Exception):
@@ -145,10 +165,10 @@ def _json(rows: list[dict[str, Any]]) -> str:
     past that the value is bad data for its event, not a reason to stop the flow.
     """
     try:
-        return orjson.dumps(rows).decode()
+        return orjson.dumps(rows, default=_exact).decode()
     except TypeError:
         try:
-            return json.dumps(rows, ensure_ascii=False, allow_nan=False)
+            return json.dumps(rows, ensure_ascii=False, allow_nan=False, default=_exact)
         except (RecursionError, TypeError, ValueError) as exc:
             raise _BadValue(f"value cannot be serialized: {type(exc).__name__}: {exc}") from None
 
@@ -272,7 +292,10 @@ class PostgresSink:
         try:
             await aio(self._aio_connect_only)
         except Exception as exc:
-            return [f"cannot connect to {redact_url(self.options.url)}: {_describe(exc)}"]
+            return [
+                f"cannot connect to {redact_url(self.options.url)}: "
+                f"{_describe(exc, self.options.url)}"
+            ]
         try:
             return await aio(self._aio_check_mapped)
         finally:
@@ -467,7 +490,7 @@ class PostgresSink:
                     (item, f"missing primary key column(s) {missing} for {schema}.{target}")
                 )
                 continue
-            except TypeError:
+            except (TypeError, ArithmeticError, ValueError):
                 dead.append((item, f"primary key of {schema}.{target} must be scalar values"))
                 continue
             if any(v is None for v in key):

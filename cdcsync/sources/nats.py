@@ -14,6 +14,8 @@ flow restarts from the checkpoints rather than skip it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -183,6 +185,7 @@ class NatsSource:
         self._send: trio.MemorySendChannel[Delivery] | None = None
         self._failure: BaseException | None = None
         self._wake = trio.Event()
+        self._first_error: asyncio.Future[BaseException] | None = None
         self._dseq = 0
         self._seq = 0
         self.dropped = 0
@@ -327,11 +330,34 @@ class NatsSource:
             if o.tls_cert:
                 ctx.load_cert_chain(o.tls_cert, o.tls_key)
             kwargs["tls"] = ctx
-        self._nc = await nats.connect(**kwargs)
+        # nats-py retries a failed first connect forever when reconnects are allowed;
+        # fail fast instead, with the server's reason, and let the flow back off and retry.
+        loop = asyncio.get_running_loop()
+        first_error: asyncio.Future[BaseException] = loop.create_future()
+        self._first_error = first_error
+        attempt = asyncio.ensure_future(nats.connect(**kwargs))
+        try:
+            done, _ = await asyncio.wait(
+                {attempt, first_error}, timeout=10, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self._first_error = None
+        if attempt not in done:
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            if first_error.done():
+                raise SourceError(_text(first_error.result()))
+            raise SourceError("no answer within 10 s")
+        self._nc = attempt.result()
         self._js = self._nc.jetstream()
         self.connected = True
 
     async def _aio_on_error(self, exc: Exception) -> None:
+        first = self._first_error
+        if first is not None and not first.done():
+            first.set_result(exc)
+            return
         if isinstance(exc, nats.errors.SlowConsumerError):
             self._fail(SourceError("nats-py dropped messages (slow consumer)"))
             return
