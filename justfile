@@ -18,9 +18,14 @@ lint:
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
 
-# end-to-end benchmark; `just bench --quick` for the short one
+# end-to-end benchmark, one table + bench/results/*.json (~8 min); `just bench --quick`: smoke run (<1 min)
 bench *args:
     scripts/dev bench {{args}}
+
+# chaos soak, row by row against a model, on its own servers; ~10 min (see tests/soak/soak.py)
+soak seeds="1 2 3" events="100000" max_seconds="180":
+    scripts/dev test --version >/dev/null
+    .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}}
 
 # CI, as it runs on a fresh machine
 ci:

@@ -1,9 +1,15 @@
-"""Batch compaction: many events for one key -> at most one statement per key.
+"""Batch planning: a batch of events -> a few set-based statements with one-by-one effect.
 
-Pure logic, no I/O. Events for a key are folded in stream order under the
-destination's conflict mode, so a batch has the same effect as applying its
-events one by one (``docs/semantics.md`` has the table; the unit and property
-tests hold this to the one-by-one model).
+Pure logic, no I/O. Events are grouped into *waves*: wave ``k`` holds the ``k``-th
+event of every key in the batch, so no statement touches a key twice and every
+event reaches PostgreSQL with its own values. That is what makes a batch equal
+to applying its events one by one, including the failures: a bad value or a
+constraint violation in an event is reported for that event (and dead-lettered)
+even when a later event of the same key would have hidden it in a folded row.
+Most batches have one wave; a key updated ``n`` times in a batch costs ``n``.
+
+A truncate is a barrier: what came before it is applied (and then truncated),
+what comes after starts new waves.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from cdcsync.events import ChangeEvent, Op
 
-__all__ = ["KeyOp", "Kind", "Mode", "TablePlan", "compact"]
+__all__ = ["KeyOp", "Kind", "Mode", "TablePlan", "plan"]
 
 
 class Mode(enum.Enum):
@@ -25,26 +31,12 @@ class Mode(enum.Enum):
 
 
 class Kind(enum.Enum):
-    """What the one statement for a key does."""
+    """What the statement for a key does."""
 
     MERGE = "merge"  # insert, or update the given columns of an existing row
     REPLACE = "replace"  # the row becomes exactly cols (others default), except ``keep``
     INSERT = "insert"  # insert if absent, leave an existing row untouched
     DELETE = "delete"
-
-
-# Per-key fold state: what we know about the row after the events seen so far.
-_UNKNOWN = 0  # no event changed it, or only merges on top of what is stored
-_FRESH = 1  # the stored row was deleted in this batch; cols is its full new content
-_DELETED = 2
-
-
-@dataclass(slots=True)
-class _State:
-    base: int = _UNKNOWN
-    cols: dict[str, Any] | None = None
-    keep: set[str] = field(default_factory=set)
-    replaced: bool = False  # a replace-mode write happened on top of the stored row
 
 
 @dataclass(slots=True)
@@ -56,68 +48,14 @@ class KeyOp:
 
 @dataclass(slots=True)
 class TablePlan:
-    """The statements for one table: optional truncate first, then deletes, then writes."""
+    """One step for one table: optional truncate first, then deletes, then writes."""
 
     truncate: bool = False
     ops: dict[Hashable, KeyOp] = field(default_factory=dict)
 
 
-def _fold(state: _State, ev: ChangeEvent, mode: Mode) -> None:
-    op = ev.op
-    if op is Op.DELETE:
-        state.base, state.cols, state.keep, state.replaced = _DELETED, None, set(), False
-        return
-    if mode is Mode.IGNORE:
-        if op is Op.UPDATE:
-            return  # ignore mode never changes an existing row, and skips a missing one
-        if state.base == _DELETED:
-            state.base, state.cols = _FRESH, dict(ev.data)
-        elif state.cols is None and state.base == _UNKNOWN:
-            state.cols = dict(ev.data)
-        return  # otherwise the row exists (stored, or inserted earlier in the batch)
-    if mode is Mode.REPLACE:
-        cols = dict(ev.data)
-        keep: set[str] = set()
-        if state.base != _DELETED:
-            for col in ev.unavailable:
-                if state.cols is not None and col in state.cols:
-                    cols[col] = state.cols[col]
-                elif col not in cols and (state.cols is None or col in state.keep):
-                    # Keep the stored value, unless an earlier replace in this batch
-                    # already reset the column to its default.
-                    keep.add(col)
-        if state.base == _DELETED or state.base == _FRESH:
-            state.base = _FRESH
-            keep = set()
-        else:
-            state.replaced = True
-        state.cols, state.keep = cols, keep
-        return
-    # UPSERT: merge present columns; after a delete the row starts from defaults.
-    if state.base == _DELETED:
-        state.base, state.cols = _FRESH, dict(ev.data)
-    elif state.cols is None:
-        state.cols = dict(ev.data)
-    else:
-        state.cols.update(ev.data)
-
-
-def _result(state: _State, mode: Mode) -> KeyOp | None:
-    if state.base == _DELETED:
-        return KeyOp(Kind.DELETE, {})
-    if state.cols is None:
-        return None
-    if state.base == _FRESH:
-        return KeyOp(Kind.REPLACE, state.cols)
-    if mode is Mode.IGNORE:
-        return KeyOp(Kind.INSERT, state.cols)
-    if state.replaced:
-        return KeyOp(Kind.REPLACE, state.cols, frozenset(state.keep))
-    return KeyOp(Kind.MERGE, state.cols)
-
-
-def _single(ev: ChangeEvent, mode: Mode) -> KeyOp | None:
-    """The result of folding one event into an untouched key: the common case, made cheap."""
+def key_op(ev: ChangeEvent, mode: Mode) -> KeyOp | None:
+    """The statement for one event under the destination's conflict mode (None: no-op)."""
     op = ev.op
     if op is Op.DELETE:
         return KeyOp(Kind.DELETE, {})
@@ -126,47 +64,36 @@ def _single(ev: ChangeEvent, mode: Mode) -> KeyOp | None:
     if mode is Mode.REPLACE:
         keep = frozenset(c for c in ev.unavailable if c not in ev.data)
         return KeyOp(Kind.REPLACE, ev.data, keep)
+    # IGNORE: insert when new, never touch an existing row; an update changes nothing.
     return None if op is Op.UPDATE else KeyOp(Kind.INSERT, ev.data)
 
 
-def compact(
+def plan(
     events: Iterable[tuple[Hashable, Hashable, ChangeEvent]], mode: Mode
-) -> dict[Hashable, TablePlan]:
-    """Fold ``(table, key, event)`` triples, in stream order, into one plan per table.
+) -> list[dict[Hashable, TablePlan]]:
+    """Steps to run in order for ``(table, key, event)`` triples given in stream order.
 
-    A truncate discards everything before it for its table (the rows it would
-    have touched are gone) and is executed first. A key seen once keeps its event
-    as is (no fold state); only keys that repeat in the batch are folded.
+    Each step maps a table to its plan; within a step no key appears twice.
     """
-    states: dict[Hashable, dict[Hashable, _State | ChangeEvent]] = {}
-    truncated: set[Hashable] = set()
+    steps: list[dict[Hashable, TablePlan]] = []
+    waves: list[dict[Hashable, TablePlan]] = []
+    seen: dict[tuple[Hashable, Hashable], int] = {}
     for table, key, ev in events:
-        per_table = states.get(table)
-        if per_table is None:
-            per_table = states[table] = {}
         if ev.op is Op.TRUNCATE:
-            per_table.clear()
-            truncated.add(table)
+            steps.extend(waves)
+            steps.append({table: TablePlan(truncate=True)})
+            waves, seen = [], {}
             continue
-        state = per_table.get(key)
-        if state is None:
-            if table not in truncated:
-                per_table[key] = ev
-                continue
-            state = per_table[key] = _State(base=_DELETED)  # the table was emptied in this batch
-        elif isinstance(state, ChangeEvent):
-            first, state = state, _State()
-            per_table[key] = state
-            _fold(state, first, mode)
-        _fold(state, ev, mode)
-    plans: dict[Hashable, TablePlan] = {}
-    for table, per_table in states.items():
-        plan = TablePlan(truncate=table in truncated)
-        for key, state in per_table.items():
-            result = (
-                _single(state, mode) if isinstance(state, ChangeEvent) else _result(state, mode)
-            )
-            if result is not None:
-                plan.ops[key] = result
-        plans[table] = plan
-    return plans
+        n = seen.get((table, key), 0)
+        seen[(table, key)] = n + 1
+        if n == len(waves):
+            waves.append({})
+        wave = waves[n]
+        table_plan = wave.get(table)
+        if table_plan is None:
+            table_plan = wave[table] = TablePlan()
+        op = key_op(ev, mode)
+        if op is not None:
+            table_plan.ops[key] = op
+    steps.extend(waves)
+    return steps

@@ -32,7 +32,7 @@ from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Item, WriteResult
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks import sql
-from cdcsync.sinks.compaction import Kind, Mode, compact
+from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
 
 __all__ = ["SPEC", "PostgresOptions", "PostgresSink", "is_retryable"]
 
@@ -508,7 +508,7 @@ class PostgresSink:
         return text
 
     async def _aio_execute(self, group: list[_Resolved]) -> None:
-        """Run the compacted statements for a group of resolved events."""
+        """Run the set-based statements for a group of resolved events, wave by wave."""
         conn = self._conn
         assert conn is not None
         tables: dict[str, sql.TableInfo] = {}
@@ -517,17 +517,29 @@ class PostgresSink:
             tables.setdefault(r.table.name, r.table)
             if r.event.op is Op.DELETE:  # a delete statement needs the key as the event spelt it
                 originals[(r.table.name, r.key)] = {c: r.event.data[c] for c in r.table.key}
-        plans = compact(
+        steps = plan(
             ((r.table.name, r.key, r.event) for r in group), self.options.conflict_resolution
         )
-        order = [name for name in tables if name in plans]
+        for step in steps:
+            await self._aio_step(conn, step, tables, originals)
+
+    async def _aio_step(
+        self,
+        conn: asyncpg.Connection,
+        step: dict[Hashable, TablePlan],
+        tables: dict[str, sql.TableInfo],
+        originals: dict[tuple[str, Hashable], dict[str, Any]],
+    ) -> None:
+        # Deletes before writes (tables in reverse order of first appearance), so that a
+        # unique value moved from one key to another within a step does not collide.
+        order = [name for name in tables if name in step]
         for name in order:
-            if plans[name].truncate:
+            if step[name].truncate:
                 await conn.execute(self._sql(("truncate", name), sql.truncate_sql, tables[name]))
         for name in reversed(order):
             info = tables[name]
             keys = [
-                originals[(name, k)] for k, op in plans[name].ops.items() if op.kind is Kind.DELETE
+                originals[(name, k)] for k, op in step[name].ops.items() if op.kind is Kind.DELETE
             ]
             if keys:
                 stmt = self._sql(("delete", name, info.key), sql.delete_sql, info)
@@ -536,7 +548,7 @@ class PostgresSink:
             info = tables[name]
             groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
             ordered: dict[frozenset[str], tuple[str, ...]] = {}  # column set -> table order
-            for op in plans[name].ops.values():
+            for op in step[name].ops.values():
                 if op.kind is Kind.DELETE:
                     continue
                 shape = frozenset(op.cols)

@@ -1,10 +1,10 @@
-"""compact(): a batch folded per key has exactly the effect of applying its events one by one.
+"""plan(): a batch run as planned has exactly the effect of applying its events one by one.
 
 Two pure-Python models over a dict "database" (table -> key -> row):
 
 * ``apply_event`` is the reference: the documented semantics of each conflict mode, one
   event at a time;
-* ``apply_plan`` executes a compact() plan the way the PostgreSQL sink does: truncate,
+* ``apply_plan`` executes one step of a plan() the way the PostgreSQL sink does: truncate,
   then deletes, then one MERGE / REPLACE / INSERT statement per key.
 
 The property test checks that, for any events and any split into batches, both agree.
@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdcsync.events import ChangeEvent, Op
-from cdcsync.sinks.compaction import Kind, Mode, TablePlan, compact
+from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
 
 KEY = "id"
 COLUMNS = ("a", "b", "c")
@@ -72,14 +72,14 @@ def apply_event(db: Database, table: str, ev: ChangeEvent, mode: Mode) -> None:
 
 
 def apply_plan(db: Database, plans: dict[Hashable, TablePlan]) -> None:
-    for table, plan in plans.items():
+    for table, table_plan in plans.items():
         rows = db.setdefault(table, {})  # type: ignore[arg-type]
-        if plan.truncate:
+        if table_plan.truncate:
             rows.clear()
-        for key, op in plan.ops.items():
+        for key, op in table_plan.ops.items():
             if op.kind is Kind.DELETE:
                 rows.pop(key, None)
-        for key, op in plan.ops.items():
+        for key, op in table_plan.ops.items():
             old = rows.get(key)
             if op.kind is Kind.DELETE:
                 continue
@@ -106,7 +106,7 @@ def apply_plan(db: Database, plans: dict[Hashable, TablePlan]) -> None:
 
 
 def triples(events: Iterable[tuple[str, ChangeEvent]]) -> list[tuple[str, Any, ChangeEvent]]:
-    """What the sink passes to compact(): (table, key, event); a truncate has no key."""
+    """What the sink passes to plan(): (table, key, event); a truncate has no key."""
     return [(table, None if ev.op is Op.TRUNCATE else ev.data[KEY], ev) for table, ev in events]
 
 
@@ -122,7 +122,8 @@ def batched(
 ) -> Database:
     db = copy_db(initial)
     for batch in batches:
-        apply_plan(db, compact(triples(batch), mode))
+        for step in plan(triples(batch), mode):
+            apply_plan(db, step)
     return db
 
 
@@ -279,7 +280,7 @@ def splits(draw: st.DrawFn, events: list[Any]) -> list[list[Any]]:
     data=st.data(),
 )
 def test_batches_equal_one_by_one(mode: Mode, initial: Database, data: st.DataObject) -> None:
-    """For any events, mode and split into consecutive batches, compact() = one by one."""
+    """For any events, mode and split into consecutive batches, plan() = one by one."""
     # An explicit length: st.lists() favours very short lists, which rarely fold anything.
     count = data.draw(st.integers(0, 16), label="count")
     events = [data.draw(events_st(), label=f"event {i}") for i in range(count)]
