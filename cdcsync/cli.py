@@ -1,10 +1,11 @@
-"""Command line: ``cdcsync serve | check | dlq | generate-config``."""
+"""Command line: ``cdcsync serve | check | dlq | publish | tail | generate-config``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -85,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
             action.add_argument(
                 "--before", required=True, help="ISO date or timestamp, e.g. 2026-11-01"
             )
+
+    pub = sub.add_parser("publish", help="publish messages to a NATS subject (JetStream if stored)")
+    pub.add_argument("subject")
+    pub.add_argument(
+        "message", nargs="?", help="the body; '-' or absent: one message per stdin line"
+    )
+    pub.add_argument("--count", type=int, default=1, help="send the message N times ({n} = 1..N)")
+    pub.add_argument("--rate", type=float, default=0.0, help="messages per second (default: fast)")
+    pub.add_argument("--core", action="store_true", help="plain NATS even if a stream stores it")
+    pub.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+
+    tail = sub.add_parser("tail", help="print messages arriving on a NATS subject")
+    tail.add_argument("subject")
+    tail.add_argument("--count", type=int, default=0, help="stop after N messages")
+    tail.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
 
     gen = sub.add_parser("generate-config", help="write a commented example configuration")
     gen.add_argument("path", nargs="?", help="file to write (default: standard output)")
@@ -171,6 +187,33 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command in ("check", "validate"):
         return _check(args)
+    if args.command in ("publish", "tail"):
+        from cdcsync import tools
+
+        try:
+            if args.command == "publish":
+                trio.run(
+                    partial(
+                        tools.publish,
+                        args.server,
+                        args.subject,
+                        args.message,
+                        count=args.count,
+                        rate=args.rate,
+                        core=args.core,
+                    )
+                )
+            else:
+                trio.run(partial(tools.tail, args.server, args.subject, count=args.count))
+        except (CdcSyncError, BaseExceptionGroup) as exc:
+            errors = [e for e in _leaves(exc) if isinstance(e, CdcSyncError)]
+            if not errors:
+                raise
+            print(f"cdcsync {args.command}: {errors[0]}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        return 0
     if args.command == "dlq":
         from cdcsync import dlq
 
@@ -182,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         try:
             return trio.run(dlq.run, cfg, args)
-        except CdcSyncError as exc:
-            print(f"cdcsync dlq: {exc}", file=sys.stderr)
+        except (CdcSyncError, BaseExceptionGroup) as exc:
+            errors = [e for e in _leaves(exc) if isinstance(e, CdcSyncError)]
+            if not errors:
+                raise
+            print(f"cdcsync dlq: {errors[0]}", file=sys.stderr)
             return 1
     return _generate(args)
 

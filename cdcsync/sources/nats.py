@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ from cdcsync.errors import SourceError
 from cdcsync.flow.batch import Delivery
 from cdcsync.registry import ComponentSpec
 
-__all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource"]
+__all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource", "connect_fast"]
 
 log = structlog.get_logger("cdcsync.sources.nats")
 
@@ -164,6 +165,37 @@ def _covers(pattern: str, subject: str) -> bool:
         if token != s[i]:
             return False
     return len(p) == len(s)
+
+
+async def connect_fast(
+    kwargs: dict[str, Any],
+    expose: Callable[[asyncio.Future[BaseException] | None], None],
+    timeout: float = 10.0,
+) -> Any:
+    """(asyncio side) ``nats.connect`` that fails on the first error instead of retrying.
+
+    nats-py retries a failed first connect forever when reconnects are allowed; we want
+    the server's reason at once (the flow backs off and retries by itself). ``expose``
+    hands the caller's error callback the future that the first error completes.
+    """
+    loop = asyncio.get_running_loop()
+    first_error: asyncio.Future[BaseException] = loop.create_future()
+    expose(first_error)
+    attempt = asyncio.ensure_future(nats.connect(**kwargs))
+    try:
+        done, _ = await asyncio.wait(
+            {attempt, first_error}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        expose(None)
+    if attempt not in done:
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        if first_error.done():
+            raise SourceError(_text(first_error.result()))
+        raise SourceError(f"no answer within {timeout:g} s")
+    return attempt.result()
 
 
 def _text(exc: BaseException) -> str:
@@ -330,28 +362,12 @@ class NatsSource:
             if o.tls_cert:
                 ctx.load_cert_chain(o.tls_cert, o.tls_key)
             kwargs["tls"] = ctx
-        # nats-py retries a failed first connect forever when reconnects are allowed;
-        # fail fast instead, with the server's reason, and let the flow back off and retry.
-        loop = asyncio.get_running_loop()
-        first_error: asyncio.Future[BaseException] = loop.create_future()
-        self._first_error = first_error
-        attempt = asyncio.ensure_future(nats.connect(**kwargs))
-        try:
-            done, _ = await asyncio.wait(
-                {attempt, first_error}, timeout=10, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            self._first_error = None
-        if attempt not in done:
-            attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await attempt
-            if first_error.done():
-                raise SourceError(_text(first_error.result()))
-            raise SourceError("no answer within 10 s")
-        self._nc = attempt.result()
+        self._nc = await connect_fast(kwargs, self._set_first_error)
         self._js = self._nc.jetstream()
         self.connected = True
+
+    def _set_first_error(self, future: asyncio.Future[BaseException] | None) -> None:
+        self._first_error = future
 
     async def _aio_on_error(self, exc: Exception) -> None:
         first = self._first_error
