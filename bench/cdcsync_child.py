@@ -1,10 +1,18 @@
-"""Run the real cdcsync service over a pre-filled stream and print one JSON result line.
+"""Run the real cdcsync service as one benchmark phase describes it; print one JSON result line.
 
 Started by ``e2e.py`` in its own interpreter, the way cdcsync runs in production:
 importing trio-asyncio patches asyncio process-wide, so the plain-asyncio
-baselines must not share a process with it. Timing starts just before
-``Service.run`` and ends when the destination's checkpoint covers ``--last-seq``
-(every event committed); then the service is shut down gracefully.
+baselines must not share a process with it.
+
+``--spec`` is a JSON object: the flows (stream, subject, durable, the stream
+sequence that ends the phase, destinations), the batch settings and the server
+pids for CPU accounting. Timing starts just before ``Service.run`` and ends when
+every destination's checkpoint covers its flow's ``last_seq`` (every event
+committed); then the service is shut down gracefully.
+
+With ``"wait_stdin": true`` (the latency phase) the child prints one
+``{"ready": ...}`` line once every flow is running, then reads one JSON line from
+stdin: ``{flow name: last_seq}``, known only after the parent has published.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import argparse
 import gc
 import json
 import sys
-import textwrap
 import time
 from functools import partial
 from typing import Any
@@ -24,6 +31,9 @@ from cpu import CpuMeter
 from cdcsync import config as cfg
 from cdcsync import logs
 from cdcsync.app import Service
+from cdcsync.flow.pipeline import Flow
+
+_POLL_S = 0.002
 
 
 class GcMeter:
@@ -49,92 +59,123 @@ class GcMeter:
         }
 
 
-def config(a: argparse.Namespace) -> cfg.Config:
-    text = f"""\
-        api: {{enabled: false}}
-        flows:
-          - name: bench
-            source:
-              type: nats
-              servers: ["{a.nats_url}"]
-              subject: "{a.subject}"
-              jetstream:
-                stream: {a.stream}
-                durable: {a.durable}
-                max_ack_pending: {a.max_ack_pending}
-                create_stream: false
-              format: cdc
-            batch: {{max_size: {a.batch_size}, max_delay_ms: {a.max_delay_ms}}}
-            destinations:
-              - name: pg
-                type: postgres
-                url: "{a.pg_url}"
-                schema: {a.schema}
-                conflict_resolution: upsert
-        """
-    return cfg.loads(textwrap.dedent(text), path="bench.yaml")
+def config_yaml(spec: dict[str, Any]) -> str:
+    """The service configuration for ``spec`` (JSON is valid flow-style YAML for the values)."""
+    lines = ["api: {enabled: false}", "flows:"]
+    for f in spec["flows"]:
+        lines += [
+            f"  - name: {f['name']}",
+            "    source:",
+            "      type: nats",
+            f"      servers: [{json.dumps(spec['nats_url'])}]",
+            f"      subject: {json.dumps(f['subject'])}",
+            "      jetstream:",
+            f"        stream: {f['stream']}",
+            f"        durable: {f['durable']}",
+            f"        max_ack_pending: {spec['max_ack_pending']}",
+            "        create_stream: false",
+            "      format: cdc",
+            f"    batch: {{max_size: {spec['batch_size']}, max_delay_ms: {spec['max_delay_ms']}}}",
+            "    destinations:",
+        ]
+        for d in f["destinations"]:
+            lines += [
+                f"      - name: {d['name']}",
+                "        type: postgres",
+                f"        url: {json.dumps(d['url'])}",
+                f"        schema: {d['schema']}",
+                "        conflict_resolution: upsert",
+            ]
+            if d.get("tables"):
+                lines.append(f"        tables: {json.dumps(d['tables'])}")
+    return "\n".join(lines) + "\n"
 
 
-async def measure(a: argparse.Namespace, out: dict[str, Any]) -> None:
-    service = Service(config(a))
-    flow = service.flows[0]
-    dest = flow.stats.destination("pg")
+def _committed(flow: Flow, last_seq: int | None) -> bool:
+    if last_seq is None:
+        return False
+    return all(
+        d.checkpoint is not None and d.checkpoint >= last_seq
+        for d in flow.stats.destinations.values()
+    )
+
+
+async def measure(spec: dict[str, Any], out: dict[str, Any]) -> None:
+    service = Service(cfg.loads(config_yaml(spec), path="bench.yaml"))
+    flows = service.flows
+    targets: dict[str, int | None] = {f["name"]: f.get("last_seq") for f in spec["flows"]}
     shutdown = trio.Event()
     gc_meter = GcMeter()
+    done: dict[str, float] = {}
+    first = running = None
+
+    def failed() -> bool:
+        return any(f.stats.status == "failed" for f in flows)
+
+    def poll(now: float) -> None:
+        nonlocal first, running
+        if running is None and all(f.stats.status == "running" for f in flows):
+            running = now
+            if spec.get("gc_threshold"):
+                # After the service's own tuning (cdcsync/app.py _tune_gc), so that this wins.
+                gc.set_threshold(spec["gc_threshold"], *gc.get_threshold()[1:])
+        if first is None and any(d.batches for f in flows for d in f.stats.destinations.values()):
+            first = now
+        for f in flows:
+            if f.name not in done and _committed(f, targets[f.name]):
+                done[f.name] = now
+
     async with trio.open_nursery() as nursery:
         gc.callbacks.append(gc_meter)
-        with CpuMeter(a.pg_pid, a.nats_pid) as cpu:
+        with CpuMeter(spec.get("pg_pid"), spec.get("nats_pid")) as cpu:
+            wall_started = time.time()
             started = time.perf_counter()
             nursery.start_soon(partial(service.run, shutdown=shutdown, drain_timeout_s=10))
-            first = running = None
-            with trio.move_on_after(a.timeout) as waiting:
-                while dest.checkpoint is None or dest.checkpoint < a.last_seq:
-                    if running is None and flow.stats.status == "running":
-                        running = time.perf_counter() - started
-                    if first is None and dest.batches:
-                        first = time.perf_counter() - started
-                    if flow.stats.status == "failed":
-                        break
-                    await trio.sleep(0.002)
+            with trio.move_on_after(spec["timeout"]) as waiting:
+                if spec.get("wait_stdin"):
+                    while running is None and not failed():
+                        poll(time.perf_counter() - started)
+                        await trio.sleep(_POLL_S)
+                    ready = {"ready": True, "running_s": running, "failed": failed()}
+                    sys.stdout.write(json.dumps(ready) + "\n")
+                    sys.stdout.flush()
+                    line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                    targets.update(json.loads(line or "{}"))
+                while len(done) < len(flows) and not failed():
+                    poll(time.perf_counter() - started)
+                    await trio.sleep(_POLL_S)
             seconds = time.perf_counter() - started
+            wall_done = time.time()
         gc.callbacks.remove(gc_meter)
-        if first is None and dest.batches:
+        if first is None and done:
             first = seconds  # everything committed between two polls
         out.update(
             cpu=cpu.as_dict(),
             gc=gc_meter.as_dict(),
             seconds=seconds,
+            wall_started=wall_started,
+            wall_done=wall_done,
             first_commit_s=first,
             subscribed_s=running,
+            flow_seconds=done,
             timed_out=waiting.cancelled_caught,
-            status=flow.stats.status,
-            last_error=flow.stats.last_error,
-            stats=flow.stats.snapshot(),
+            status={f.name: f.stats.status for f in flows},
+            last_error={f.name: f.stats.last_error for f in flows},
+            stats={f.name: f.stats.snapshot() for f in flows},
         )
         shutdown.set()
-    out["acked"] = flow.stats.acked
+    out["acked"] = {f.name: f.stats.acked for f in flows}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    for name in ("nats-url", "pg-url", "stream", "subject", "durable", "schema"):
-        p.add_argument(f"--{name}", required=True)
-    for name in ("batch-size", "max-delay-ms", "max-ack-pending", "last-seq"):
-        p.add_argument(f"--{name}", type=int, required=True)
-    p.add_argument("--timeout", type=float, default=600)
-    p.add_argument(
-        "--gc-threshold",
-        type=int,
-        help="experiment: gc.set_threshold(N) before starting (not what cdcsync does by itself)",
-    )
-    p.add_argument("--pg-pid", type=int)
-    p.add_argument("--nats-pid", type=int)
+    p.add_argument("--spec", required=True, help="the phase, as a JSON object")
     a = p.parse_args()
+    spec = json.loads(a.spec)
     logs.configure(fmt="console", level="warning")
-    if a.gc_threshold:
-        gc.set_threshold(a.gc_threshold, *gc.get_threshold()[1:])
-    out: dict[str, Any] = {"gc_threshold": gc.get_threshold()}
-    trio.run(measure, a, out)
+    out: dict[str, Any] = {}
+    trio.run(measure, spec, out)
+    out["gc_threshold"] = gc.get_threshold()
     sys.stdout.write(json.dumps(out, default=str) + "\n")
 
 

@@ -24,11 +24,15 @@ import orjson
 __all__ = [
     "COLUMNS",
     "DDL",
+    "LATENCY_DDL",
+    "PUBLISHED_AT",
     "Workload",
     "canonical_db_row",
     "chunk_plans",
     "expected_canonical",
     "generate",
+    "latency_payloads",
+    "split_by_key",
     "state_after",
     "state_checksum",
 ]
@@ -45,6 +49,26 @@ DDL = """CREATE TABLE {table} (
     updated_at timestamptz,
     payload jsonb
 )"""
+
+# The latency phase's table: the same columns, plus when the event was published and when
+# PostgreSQL wrote the row. clock_timestamp() is the time of the row's write inside the
+# batch's transaction, a little before its commit; a DEFAULT applies only on insert,
+# which is why that phase sends inserts of distinct keys.
+LATENCY_DDL = """CREATE TABLE {table} (
+    id int PRIMARY KEY,
+    name text,
+    email text,
+    score int,
+    balance numeric(14, 2),
+    active bool,
+    updated_at timestamptz,
+    payload jsonb,
+    published_at timestamptz,
+    committed_at timestamptz DEFAULT clock_timestamp()
+)"""
+
+# Stands for the publish time in a latency payload until the moment it is sent.
+PUBLISHED_AT = b"@@published_at@@"
 
 _FIRST = ["Ada", "Grace", "Linus", "Margaret", "José", "Zoë", "Wei", "Amara", "Oskar", "Priya"]
 _LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Müller", "Nakamura", "Okafor", "Silva"]
@@ -144,6 +168,29 @@ def generate(events: int, keys: int, subject: str, seed: int = 42) -> Workload:
         ops.append((op, key, data))
         payloads.append(_envelope(i, op, data))
     return Workload(subject, keys, ops, payloads, counts)
+
+
+def split_by_key(work: Workload, parts: int) -> list[list[bytes]]:
+    """The payloads in ``parts`` groups by ``key % parts``, each in stream order.
+
+    Every key's events stay together and in order, so the union of what the groups
+    lead to is exactly :func:`state_after` of the whole workload.
+    """
+    out: list[list[bytes]] = [[] for _ in range(parts)]
+    for (_, key, _), payload in zip(work.ops, work.payloads, strict=True):
+        out[key % parts].append(payload)
+    return out
+
+
+def latency_payloads(count: int, seed: int = 7) -> list[bytes]:
+    """``count`` inserts of distinct keys, with :data:`PUBLISHED_AT` where the time goes."""
+    rng = random.Random(seed)
+    placeholder = PUBLISHED_AT.decode()
+    out = []
+    for i in range(count):
+        data = _full_row(rng, i + 1, i) | {"published_at": placeholder}
+        out.append(_envelope(i, "insert", data))
+    return out
 
 
 def _apply(state: dict[int, dict[str, Any]], op: str, key: int, data: dict[str, Any]) -> None:
