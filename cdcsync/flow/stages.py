@@ -67,19 +67,25 @@ async def run_batcher(
 ) -> None:
     """Group deliveries into batches without adding latency when the sinks are idle.
 
-    ``send`` has no buffer, so ``send_nowait`` succeeds exactly when the fan-out is
+    ``send`` has no buffer, so a hand-over completes exactly when the fan-out is
     waiting for work: then whatever has arrived goes at once. While a write is in
-    flight the batch keeps filling, up to ``max_size`` or ``max_delay_ms``.
+    flight the batch keeps filling, up to ``max_size``; it is handed over as soon as
+    the fan-out is free again, and at the latest ``max_delay_ms`` after it started.
     """
     max_size, max_delay = policy.max_size, policy.max_delay_ms / 1000
+    carry: list[Delivery] = []
+    open_ = True
     async with recv, send:
-        open_ = True
-        while open_:
-            try:
-                items = [await recv.receive()]
-            except trio.EndOfChannel:
-                break
-            open_ = _drain(recv, items, max_size)
+        while open_ or carry:
+            if carry:
+                items, carry = carry, []
+            else:
+                try:
+                    items = [await recv.receive()]
+                except trio.EndOfChannel:
+                    break
+            if open_:
+                open_ = _drain(recv, items, max_size)
             deadline = trio.current_time() + max_delay
             while True:
                 if len(items) >= max_size or not open_:
@@ -90,16 +96,54 @@ async def run_batcher(
                     break
                 except trio.WouldBlock:
                     pass
-                with trio.move_on_at(deadline):
-                    try:
-                        items.append(await recv.receive())
-                    except trio.EndOfChannel:
-                        open_ = False
-                        continue
+                # Race the hand-over against the next delivery: whichever comes first.
+                sent, extra, ended = await _hand_over_or_more(send, recv, items, deadline)
+                if sent:
+                    carry, open_ = extra, not ended
+                    break
+                items.extend(extra)
+                if ended:
+                    open_ = False
+                elif extra:
                     open_ = _drain(recv, items, max_size)
-                    continue
-                await send.send(items)  # the window closed with the sinks still busy
-                break
+                elif trio.current_time() >= deadline:
+                    await send.send(items)  # the window closed with the sinks still busy
+                    break
+
+
+async def _hand_over_or_more(
+    send: trio.MemorySendChannel[list[Delivery]],
+    recv: trio.MemoryReceiveChannel[Delivery],
+    items: list[Delivery],
+    deadline: float,
+) -> tuple[bool, list[Delivery], bool]:
+    """Wait until ``items`` is taken, a delivery arrives, or the deadline.
+
+    Returns (sent, deliveries received meanwhile, input ended). A cancelled ``send``
+    or ``receive`` in Trio moves nothing, so no delivery is lost or sent twice.
+    """
+    sent = ended = False
+    extra: list[Delivery] = []
+    with trio.move_on_at(deadline):
+        async with trio.open_nursery() as race:
+
+            async def hand_over() -> None:
+                nonlocal sent
+                await send.send(items)
+                sent = True
+                race.cancel_scope.cancel()
+
+            async def more() -> None:
+                nonlocal ended
+                try:
+                    extra.append(await recv.receive())
+                except trio.EndOfChannel:
+                    ended = True
+                race.cancel_scope.cancel()
+
+            race.start_soon(hand_over)
+            race.start_soon(more)
+    return sent, extra, ended
 
 
 def decode_batch(deliveries: list[Delivery], fmt: str, max_bytes: int) -> list[Item]:

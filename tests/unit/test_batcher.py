@@ -190,3 +190,42 @@ async def test_closing_an_empty_input_closes_output(autojump_clock: trio.testing
     async with batch_recv:
         with pytest.raises(trio.EndOfChannel):
             await batch_recv.receive()
+
+
+async def test_partial_batch_goes_as_soon_as_the_receiver_is_free(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A delivery that arrived during a write is handed over when the write ends, not at
+    max_delay_ms (the window is an upper bound, never a wait on an idle sink)."""
+    src_send, src_recv, batch_send, batch_recv = channels()
+    sink = Sink(batch_recv, busy=0.010)
+    policy = BatchPolicy(max_size=100, max_delay_ms=50)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        nursery.start_soon(run_batcher, src_recv, batch_send, policy)
+        await src_send.send(d(1))
+        await trio.sleep(0.005)
+        await src_send.send(d(2))
+        await trio.sleep(0.100)
+        await src_send.aclose()
+    assert sink.got == [(0.0, [1]), (pytest.approx(0.010), [2])]
+
+
+async def test_no_delivery_lost_or_doubled_when_hand_over_and_arrivals_race(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under a stream of arrivals racing a busy receiver, every delivery is handed over once,
+    in order."""
+    src_send, src_recv, batch_send, batch_recv = channels(capacity=1000)
+    sink = Sink(batch_recv, busy=0.003)
+    policy = BatchPolicy(max_size=7, max_delay_ms=4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        nursery.start_soon(run_batcher, src_recv, batch_send, policy)
+        for i in range(500):
+            await src_send.send(d(i))
+            await trio.sleep(0.0007 * (i % 5))
+        await src_send.aclose()
+    handed = [s for _, batch in sink.got for s in batch]
+    assert handed == list(range(500))
+    assert all(len(batch) <= 7 for _, batch in sink.got)
