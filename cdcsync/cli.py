@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -111,11 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     from cdcsync import checks
 
-    try:
-        cfg = config.load(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     for w in checks.warnings(cfg):
         print(w, file=sys.stderr)
@@ -137,11 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
     import structlog
 
     log = structlog.get_logger("cdcsync")
-    try:
-        cfg = config.load(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     try:
         app.run(cfg)
@@ -188,50 +183,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("check", "validate"):
         return _check(args)
     if args.command in ("publish", "tail"):
-        from cdcsync import tools
-
-        try:
-            if args.command == "publish":
-                trio.run(
-                    partial(
-                        tools.publish,
-                        args.server,
-                        args.subject,
-                        args.message,
-                        count=args.count,
-                        rate=args.rate,
-                        core=args.core,
-                    )
-                )
-            else:
-                trio.run(partial(tools.tail, args.server, args.subject, count=args.count))
-        except (CdcSyncError, BaseExceptionGroup) as exc:
-            errors = [e for e in _leaves(exc) if isinstance(e, CdcSyncError)]
-            if not errors:
-                raise
-            print(f"cdcsync {args.command}: {errors[0]}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        return 0
+        return _tools(args)
     if args.command == "dlq":
-        from cdcsync import dlq
-
-        try:
-            cfg = config.load(args.config)
-        except ConfigError as exc:
-            for line in exc.errors:
-                print(line, file=sys.stderr)
-            return 1
-        try:
-            return trio.run(dlq.run, cfg, args)
-        except (CdcSyncError, BaseExceptionGroup) as exc:
-            errors = [e for e in _leaves(exc) if isinstance(e, CdcSyncError)]
-            if not errors:
-                raise
-            print(f"cdcsync dlq: {errors[0]}", file=sys.stderr)
-            return 1
+        return _dlq(args)
     return _generate(args)
+
+
+def _load(path: str) -> config.Config | None:
+    """The configuration, or None after printing its ``file:line`` errors."""
+    try:
+        return config.load(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
+def _reporting(label: str, run: Callable[[], object]) -> int:
+    """Run a Trio command; our own errors become one line on stderr and exit code 1."""
+    try:
+        run()
+    except (CdcSyncError, BaseExceptionGroup) as exc:
+        errors = [e for e in _leaves(exc) if isinstance(e, CdcSyncError)]
+        if not errors:
+            raise
+        print(f"cdcsync {label}: {errors[0]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _tools(args: argparse.Namespace) -> int:
+    from cdcsync import tools
+
+    if args.command == "publish":
+        options = {"count": args.count, "rate": args.rate, "core": args.core}
+        work = partial(tools.publish, args.server, args.subject, args.message, **options)
+    else:
+        work = partial(tools.tail, args.server, args.subject, count=args.count)
+    return _reporting(args.command, lambda: trio.run(work))
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from cdcsync import dlq
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return _reporting("dlq", lambda: trio.run(dlq.run, cfg, args))
 
 
 def _entry() -> None:  # pragma: no cover
