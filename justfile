@@ -14,7 +14,7 @@ test *args:
 
 # lint and format check
 lint:
-    scripts/dev test --version >/dev/null
+    scripts/dev install
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
 
@@ -24,7 +24,7 @@ bench *args:
 
 # chaos soak, row by row against a model, on its own servers; ~10 min (see tests/soak/soak.py)
 soak seeds="1 2 3" events="100000" max_seconds="180":
-    scripts/dev test --version >/dev/null
+    scripts/dev install
     .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}}
 
 # CI, as it runs on a fresh machine
