@@ -42,17 +42,14 @@ def create_app(
         # Quart checks MAX_CONTENT_LENGTH only when a handler reads the body, and ours
         # do not: read (and so bound) every request body here.
         length = request.content_length
+        too_large = _error(413, f"request body over {MAX_BODY} bytes")
         if length is not None and length > MAX_BODY:
-            resp = jsonify({"error": f"request body over {MAX_BODY} bytes"})
-            resp.status_code = 413
-            return resp
+            return too_large
         if request.method in ("POST", "PUT", "PATCH"):
             try:
                 await request.get_data(cache=False)
             except RequestEntityTooLarge:
-                resp = jsonify({"error": f"request body over {MAX_BODY} bytes"})
-                resp.status_code = 413
-                return resp
+                return too_large
         return None
 
     @app.after_request
@@ -86,8 +83,7 @@ def create_app(
     def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not authorized():
-                resp = jsonify({"error": "missing or wrong bearer token"})
-                resp.status_code = 401
+                resp = _error(401, "missing or wrong bearer token")
                 resp.headers["WWW-Authenticate"] = "Bearer"
                 return resp
             return await fn(*args, **kwargs)
@@ -126,9 +122,20 @@ def create_app(
     process.cpu_percent(None)  # the first call only starts the measurement
 
     def not_found(name: str) -> Response:
-        resp = jsonify({"error": f"no flow named {name!r}"})
-        resp.status_code = 404
-        return resp
+        return _error(404, f"no flow named {name!r}")
+
+    def view(flow: Flow) -> dict[str, Any]:
+        return {**flow.describe(), "state": flow.stats.snapshot(), "paused": flow.paused}
+
+    def toggle(name: str, pause: bool) -> Response:
+        flow = by_name.get(name)
+        if flow is None:
+            return not_found(name)
+        if pause:
+            flow.pause()
+        else:
+            flow.resume()
+        return jsonify(view(flow))
 
     @app.get("/metrics")
     async def get_metrics() -> Response:
@@ -174,20 +181,12 @@ def create_app(
     @app.post("/api/flows/<name>/pause")
     @guarded
     async def pause(name: str) -> Response:
-        flow = by_name.get(name)
-        if flow is None:
-            return not_found(name)
-        flow.pause()
-        return jsonify({**flow.describe(), "state": flow.stats.snapshot(), "paused": True})
+        return toggle(name, pause=True)
 
     @app.post("/api/flows/<name>/resume")
     @guarded
     async def resume(name: str) -> Response:
-        flow = by_name.get(name)
-        if flow is None:
-            return not_found(name)
-        flow.resume()
-        return jsonify({**flow.describe(), "state": flow.stats.snapshot(), "paused": False})
+        return toggle(name, pause=False)
 
     @app.get("/api/dead-letters")
     async def get_dead_letters() -> Response:
@@ -195,9 +194,7 @@ def create_app(
         try:
             limit = max(1, min(int(request.args.get("limit", "50")), 1000))
         except ValueError:
-            resp = jsonify({"error": "limit must be an integer"})
-            resp.status_code = 400
-            return resp
+            return _error(400, "limit must be an integer")
         if wanted and wanted not in by_name:
             return not_found(wanted)
         letters: list[dict[str, Any]] = []
@@ -225,16 +222,22 @@ def create_app(
 
     @app.get("/api/flows")
     async def list_flows() -> Response:
-        return jsonify({"flows": [{**f.describe(), "state": f.stats.snapshot()} for f in flows]})
+        return jsonify({"flows": [view(f) for f in flows]})
 
     @app.get("/api/flows/<name>")
     async def get_flow(name: str) -> Response:
         flow = by_name.get(name)
         if flow is None:
             return not_found(name)
-        return jsonify({**flow.describe(), "state": flow.stats.snapshot()})
+        return jsonify(view(flow))
 
     return app
+
+
+def _error(status: int, message: str) -> Response:
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
 
 
 def _letter(d: dead_letters.DeadLetter) -> dict[str, Any]:

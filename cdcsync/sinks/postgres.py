@@ -194,7 +194,6 @@ class PostgresSink:
         self.options = options
         self._conn: asyncpg.Connection | None = None
         self._tables: dict[str, sql.TableInfo | None] = {}
-        self._fetched: dict[str, float] = {}
         self._stream: tuple[str, str] | None = None
         self._checkpoint: int | None = None
         self._sql_cache: dict[Hashable, str] = {}
@@ -398,15 +397,11 @@ class PostgresSink:
                 keys[r[0]].append((r[1], list(r[2]), r[3]))
         if len(self._tables) > 10_000:
             self._tables.clear()  # hostile input naming endless tables: keep the cache bounded
-            self._fetched.clear()
-        now = time.monotonic()
         for n in missing:
             self._tables[n] = None
-            self._fetched[n] = now
         for oid, name in oids.items():
             key = sql.pick_key(keys[oid]) or ()
             self._tables[name] = sql.TableInfo(self.options.schema, name, columns[oid], key)
-            self._fetched[name] = now
 
     async def _aio_refresh(self, names: set[str]) -> bool:
         """Re-read tables that this batch found missing or short of a column.
@@ -567,6 +562,20 @@ class PostgresSink:
                 )
                 await conn.execute(stmt, _json(rows))
 
+    def _data_error(self, exc: Exception) -> str:
+        """Why the events failed, when it is their data's fault; re-raises anything else.
+
+        Retryable errors go up to be retried whole; an undefined table or column first
+        means our cached catalog is stale (until ``_stale_is_data``).
+        """
+        if isinstance(exc, _BadValue):
+            return str(exc)
+        if is_retryable(exc):
+            raise exc
+        if getattr(exc, "sqlstate", None) in _STALE_CATALOG and not self._stale_is_data:
+            raise _StaleCatalog from exc
+        return _describe(exc)
+
     async def _aio_apply_split(self, group: list[_Resolved], dead: list[tuple[Item, str]]) -> int:
         """Apply in savepoints, halving on data errors until the bad events stand alone."""
         conn = self._conn
@@ -575,17 +584,10 @@ class PostgresSink:
             async with conn.transaction():
                 await self._aio_execute(group)
             return len(group)
-        except _BadValue as exc:
+        except (_BadValue, asyncpg.PostgresError) as exc:
+            reason = self._data_error(exc)
             if len(group) == 1:
-                dead.append((group[0].item, str(exc)))
-                return 0
-        except asyncpg.PostgresError as exc:
-            if is_retryable(exc):
-                raise
-            if exc.sqlstate in _STALE_CATALOG and not self._stale_is_data:
-                raise _StaleCatalog from exc
-            if len(group) == 1:
-                dead.append((group[0].item, _describe(exc)))
+                dead.append((group[0].item, reason))
                 return 0
         mid = len(group) // 2
         return await self._aio_apply_split(group[:mid], dead) + await self._aio_apply_split(
@@ -623,7 +625,6 @@ class PostgresSink:
                 written = await self._aio_transaction(resolved, dead, last, split=attempt > 0)
             except _StaleCatalog:
                 self._tables.clear()
-                self._fetched.clear()
                 await self._aio_lookup(sorted(names))
                 continue
             self._checkpoint = last if checkpointed else None
@@ -637,7 +638,6 @@ class PostgresSink:
     ) -> int:
         conn = self._conn
         assert conn is not None
-        dead_before = len(dead)
         if not split:
             # Fast path: no savepoints. A data error rolls back and we come back to split.
             try:
@@ -646,14 +646,8 @@ class PostgresSink:
                         await self._aio_execute(resolved)
                     await self._aio_finish(dead, last)
                 return len(resolved)
-            except _BadValue:
-                del dead[dead_before:]
-            except asyncpg.PostgresError as exc:
-                if is_retryable(exc):
-                    raise
-                if exc.sqlstate in _STALE_CATALOG and not self._stale_is_data:
-                    raise _StaleCatalog from exc
-                del dead[dead_before:]
+            except (_BadValue, asyncpg.PostgresError) as exc:
+                self._data_error(exc)
         async with conn.transaction():
             written = await self._aio_apply_split(resolved, dead) if resolved else 0
             await self._aio_finish(dead, last)
