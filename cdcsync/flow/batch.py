@@ -41,10 +41,6 @@ class Batch:
     created: float = 0.0
     done: set[str] = field(default_factory=set)
 
-    @property
-    def last_seq(self) -> int:
-        return self.items[-1].delivery.seq if self.items else 0
-
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:

@@ -221,7 +221,6 @@ class NatsSource:
         self._dseq = 0
         self._seq = 0
         self.dropped = 0
-        self.connected = False
 
     @property
     def jetstream(self) -> bool:
@@ -364,7 +363,6 @@ class NatsSource:
             kwargs["tls"] = ctx
         self._nc = await connect_fast(kwargs, self._set_first_error)
         self._js = self._nc.jetstream()
-        self.connected = True
 
     def _set_first_error(self, future: asyncio.Future[BaseException] | None) -> None:
         self._first_error = future
@@ -380,12 +378,10 @@ class NatsSource:
         log.warning("nats error", flow=self.flow, error=repr(exc))
 
     async def _aio_on_disconnect(self) -> None:
-        self.connected = False
         if self._nc is not None:  # not our own close()
             log.warning("nats disconnected", flow=self.flow)
 
     async def _aio_on_reconnect(self) -> None:
-        self.connected = True
         log.info("nats reconnected", flow=self.flow)
 
     async def _aio_identity(self, create: bool) -> tuple[str, str]:
