@@ -13,7 +13,6 @@ import datetime as dt
 import decimal
 import enum
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +76,12 @@ _CDC_OPS = {
 _DBZ_OPS = {"c": Op.INSERT, "u": Op.UPDATE, "r": Op.UPSERT, "d": Op.DELETE, "t": Op.TRUNCATE}
 
 
-# A number of 16 or more digits may not survive a float or a 64-bit integer.
-_LONG_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
+# A number of 16 or more digits may not survive a float or a 64-bit integer. Mapping digits
+# and dots to NUL and searching for 16 NULs finds such a run (and, harmlessly, a few runs
+# that are not numbers) about 5x faster than a regular expression: it ran on every message
+# and cost more than the JSON parse itself.
+_DIGITS = bytes.maketrans(b"0123456789.", b"\x00" * 11)
+_LONG_RUN = b"\x00" * 16
 
 
 def _no_constant(name: str) -> Any:
@@ -87,7 +90,7 @@ def _no_constant(name: str) -> Any:
 
 def _loads(data: bytes) -> Any:
     """Parse JSON; numbers that a float or int64 would round are kept exact (Decimal, int)."""
-    if _LONG_NUMBER.search(data) is not None:
+    if _LONG_RUN in data.translate(_DIGITS):
         try:
             return json.loads(data, parse_float=decimal.Decimal, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:

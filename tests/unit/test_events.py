@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +406,31 @@ def test_moderately_nested_values_are_kept(fmt: str) -> None:
     ev = decode(envelope("insert", {"id": 1, "doc": value}), fmt)
     assert ev is not None
     assert ev.data == {"id": 1, "doc": value}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12345678901234567.89", Decimal("12345678901234567.89")),
+        ("1234567890123456789012", 1234567890123456789012),
+        ("0.1000000000000000055511", Decimal("0.1000000000000000055511")),
+    ],
+)
+def test_long_numbers_stay_exact(text: str, expected: Any) -> None:
+    """A number a float or int64 would round arrives digit for digit."""
+    ev = decode_cdc(
+        b'{"table":"t","operation":"insert","data":{"id":1,"v":' + text.encode() + b"}}"
+    )
+    assert ev is not None
+    assert ev.data["v"] == expected
+    assert str(ev.data["v"]) == text
+
+
+def test_short_numbers_stay_fast_floats() -> None:
+    """Ordinary numbers (and digit runs in strings like timestamps) take the fast parser."""
+    ev = decode_cdc(
+        b'{"table":"t","operation":"insert",'
+        b'"data":{"id":1,"v":55025.9,"at":"2026-01-01T00:00:00.000000Z"}}'
+    )
+    assert ev is not None
+    assert type(ev.data["v"]) is float
