@@ -56,7 +56,7 @@ REPEATED = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--events", type=int, help="events in the backlog (default 500000; quick 20000)")
+    p.add_argument("--events", type=int, help="events in the backlog (default 1000000; quick 20000)")
     p.add_argument(
         "--quick", action="store_true", help="the smoke run: small, once, under a minute"
     )
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--repeat",
         type=int,
-        help="run each throughput phase N times, report the best (default 3; quick 1)",
+        help="run each throughput phase N times, report the best (default 2; quick 1)",
     )
     p.add_argument(
         "--wait-quiet",
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     if args.events is None:
-        args.events = 20_000 if quick else 500_000
+        args.events = 20_000 if quick else 1_000_000
     if args.naive_events is None:
         args.naive_events = 5_000 if quick else 20_000
     if args.latency_seconds is None:
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.wait_budget is None:
         args.wait_budget = 4.0 if quick else 90.0
     if args.repeat is None:
-        args.repeat = 1 if quick else 3
+        args.repeat = 1 if quick else 2
     if args.keys is None:
         args.keys = max(1000, min(50_000, args.events // 4))
     if args.sweep_events is None:
