@@ -27,6 +27,11 @@ soak seeds="1 2 3" events="100000" max_seconds="180":
     scripts/dev install
     .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}}
 
+# regenerate docs/reference/configuration.md from the schema (a test fails when it is stale)
+docs:
+    scripts/dev install
+    .venv/bin/python -m cdcsync.reference --write
+
 # CI, as it runs on a fresh machine
 ci:
     bash .ci/run

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import strictyaml as sy
 from strictyaml.ruamel.error import MarkedYAMLError
@@ -30,6 +30,7 @@ __all__ = [
     "EnvStr",
     "FlowConfig",
     "SourceConfig",
+    "described",
     "load",
     "loads",
     "redact_url",
@@ -108,6 +109,8 @@ class EnvBool(sy.ScalarValidator):
 
 def EnvEnum(*choices: str) -> sy.ScalarValidator:
     class _Enum(sy.ScalarValidator):
+        choices: tuple[str, ...] = ()
+
         def validate_scalar(self, chunk: Any) -> str:
             text = _interpolate(chunk).strip()
             if text not in choices:
@@ -119,7 +122,25 @@ def EnvEnum(*choices: str) -> sy.ScalarValidator:
         def to_yaml(self, data: Any) -> str:
             return str(data)
 
-    return _Enum()
+    enum = _Enum()
+    enum.choices = choices
+    return enum
+
+
+_V = TypeVar("_V", bound=sy.Validator)
+
+
+def described(validator: _V, doc: str, example: str | None = None, kind: str | None = None) -> _V:
+    """Attach the reference text to a schema validator, next to the key it validates.
+
+    ``python -m cdcsync.reference`` builds docs/reference/configuration.md from these, so
+    the reference cannot drift from what the schema accepts. ``example`` is a YAML value
+    (the default is shown when absent); ``kind`` overrides the type derived from the validator.
+    """
+    validator.doc = doc  # type: ignore[attr-defined]
+    validator.example = example  # type: ignore[attr-defined]
+    validator.kind = kind  # type: ignore[attr-defined]
+    return validator
 
 
 @dataclass(frozen=True)
@@ -180,42 +201,132 @@ class Config:
         raise KeyError(name)
 
 
-_BATCH = sy.Map(
-    {
-        sy.Optional("max_size", default=1000): EnvInt(1, 1_000_000),
-        sy.Optional("max_delay_ms", default=50): EnvInt(0, 600_000),
-    }
+# The reference text of every key sits beside its validator (``described``): the generated
+# docs/reference/configuration.md, ``check`` and the loader all read this one schema.
+_BATCH = described(
+    sy.Map(
+        {
+            sy.Optional("max_size", default=1000): described(
+                EnvInt(1, 1_000_000),
+                "Most events per batch; each batch is one transaction per destination.",
+                example="5000",
+            ),
+            sy.Optional("max_delay_ms", default=50): described(
+                EnvInt(0, 600_000),
+                "Longest a partial batch waits for more events, and only while the previous "
+                "write is still in flight: an idle destination gets what has arrived at once, "
+                "so this never adds latency at low load.",
+                example="20",
+            ),
+        }
+    ),
+    "How this flow's events are grouped into batches.",
+    example="{max_size: 1000, max_delay_ms: 50}",
 )
-_API = sy.Map(
-    {
-        sy.Optional("bind", default="127.0.0.1:8080"): EnvStr(),
-        sy.Optional("token"): EnvStr(),
-        sy.Optional("enabled", default=True): EnvBool(),
-        sy.Optional("cors_origins"): sy.Seq(EnvStr()),
-    }
+_API = described(
+    sy.Map(
+        {
+            sy.Optional("bind", default="127.0.0.1:8080"): described(
+                EnvStr(),
+                "`HOST:PORT` the API listens on; port 0 picks a free port. Listening beyond "
+                "loopback without a `token` is legal, and `cdcsync check` warns about it.",
+                example="0.0.0.0:8080",
+            ),
+            sy.Optional("token"): described(
+                EnvStr(),
+                "When set, every POST endpoint (stats reset, pause, resume) needs "
+                "`Authorization: Bearer <token>`; GET endpoints stay open.",
+                example="${CDCSYNC_API_TOKEN}",
+            ),
+            sy.Optional("enabled", default=True): described(
+                EnvBool(),
+                "`false`: no HTTP server at all (no `/health`, no `/metrics`).",
+                example="false",
+            ),
+            sy.Optional("cors_origins"): described(
+                sy.Seq(EnvStr()),
+                "Browser origins allowed to call the API (`*` for any). Without it no CORS "
+                "headers are sent.",
+                example='["https://ops.example.com"]',
+            ),
+        }
+    ),
+    "The HTTP API: `/health`, `/api/stats`, `/metrics` (docs/api.md). Absent: every default.",
+    example="{bind: 127.0.0.1:8080}",
 )
 _FLOW = sy.Map(
     {
-        "name": EnvStr(),
-        "source": sy.Any(),
+        "name": described(
+            EnvStr(),
+            "Unique flow name: letters, digits, `_`, `.`, `-` (at most 63). It names the "
+            "flow's checkpoints and writer locks, so renaming a flow re-reads its stream "
+            "from the beginning.",
+            example="users",
+        ),
+        "source": described(
+            sy.Any(),
+            "Where the flow's events come from: `type` and that source's keys (see Sources below).",
+            example="{type: nats, servers: [...], subject: ...}",
+            kind="mapping",
+        ),
         sy.Optional("batch"): _BATCH,
-        "destinations": sy.Seq(sy.Any()),
+        "destinations": described(
+            sy.Seq(sy.Any()),
+            "One or more destinations, each with `name`, `type` and that destination's keys "
+            "(see Destinations below). Every destination gets every event of the flow; a "
+            "message is acknowledged once all of them committed it.",
+            example="[{name: primary, type: postgres, url: ...}]",
+            kind="list of mappings",
+        ),
     }
+)
+_PIPELINE = described(
+    sy.Map(
+        {
+            sy.Optional("batch_size", default=1000): described(
+                EnvInt(1, 1_000_000), "Same as `flows[].batch.max_size`.", example="100"
+            ),
+            sy.Optional("batch_timeout_ms"): described(
+                EnvInt(0, 600_000),
+                "Same as `flows[].batch.max_delay_ms` (the original design's name); default 50.",
+                example="100",
+            ),
+            sy.Optional("max_delay_ms"): described(
+                EnvInt(0, 600_000),
+                "Same as `flows[].batch.max_delay_ms`; wins over `batch_timeout_ms`.",
+                example="100",
+            ),
+        }
+    ),
+    "Shorthand only: batching of the one flow.",
+    example="{batch_size: 100}",
 )
 _SCHEMA = sy.Map(
     {
         sy.Optional("api"): _API,
-        sy.Optional("flows"): sy.Seq(_FLOW),
-        # The original single-flow shorthand.
-        sy.Optional("nats"): sy.Any(),
-        sy.Optional("postgres"): sy.Any(),
-        sy.Optional("pipeline"): sy.Map(
-            {
-                sy.Optional("batch_size", default=1000): EnvInt(1, 1_000_000),
-                sy.Optional("batch_timeout_ms"): EnvInt(0, 600_000),
-                sy.Optional("max_delay_ms"): EnvInt(0, 600_000),
-            }
+        sy.Optional("flows"): described(
+            sy.Seq(_FLOW),
+            "The flows to run, concurrently, in one process. Required unless the "
+            "single-flow shorthand (`nats`, `postgres`, `pipeline`) is used instead.",
+            example="[{name: users, source: ..., destinations: [...]}]",
+            kind="list of flows",
         ),
+        # The original single-flow shorthand.
+        sy.Optional("nats"): described(
+            sy.Any(),
+            "Shorthand: the source of a single flow named `default`; the keys of the `nats` "
+            "source, `type` implied.",
+            example='{servers: ["nats://127.0.0.1:4222"], subject: cdc.events}',
+            kind="mapping",
+        ),
+        sy.Optional("postgres"): described(
+            sy.Any(),
+            "Shorthand: that flow's one destination, named `postgres`; the keys of the "
+            "`postgres` destination, `type` implied.",
+            example='{url: "postgresql://postgres@127.0.0.1:5432/test"}',
+            kind="mapping",
+        ),
+        sy.Optional("pipeline"): _PIPELINE,
     }
 )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-__all__ = ["ComponentSpec", "destinations", "sources"]
+__all__ = ["ComponentSpec", "builtins", "destinations", "sources"]
 
 Kind = Literal["source", "destination"]
 
@@ -76,3 +76,8 @@ def sources() -> dict[str, ComponentSpec]:
 def destinations() -> dict[str, ComponentSpec]:
     """Every registered destination spec by type name."""
     return _load("destination")
+
+
+def builtins(kind: Kind) -> dict[str, ComponentSpec]:
+    """The specs shipped with cdcsync, whatever else is installed (the generated reference)."""
+    return {name: _load_ref(ref) for name, ref in _BUILTIN[kind].items()}

@@ -26,7 +26,7 @@ import strictyaml as sy
 import structlog
 
 from cdcsync.bridge import aio
-from cdcsync.config import EnvBool, EnvEnum, EnvStr, redact_url, scrub, url_secrets
+from cdcsync.config import EnvBool, EnvEnum, EnvStr, described, redact_url, scrub, url_secrets
 from cdcsync.errors import FatalSinkError, RetryableSinkError
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Item, WriteResult
@@ -673,11 +673,36 @@ class PostgresSink:
 
 
 _SCHEMA = {
-    "url": EnvStr(),
-    sy.Optional("schema", default="public"): EnvStr(),
-    sy.Optional("conflict_resolution", default="upsert"): EnvEnum("upsert", "replace", "ignore"),
-    sy.Optional("tables"): sy.MapPattern(EnvStr(), EnvStr()),
-    sy.Optional("truncate", default=False): EnvBool(),
+    "url": described(
+        EnvStr(),
+        "libpq-style URL `postgresql://user:password@host:port/db?sslmode=...`; "
+        "percent-encode `/ # ? @` in the password. Redacted wherever cdcsync prints it.",
+        example='"postgresql://cdcsync:${PGPASSWORD}@db:5432/app?sslmode=require"',
+    ),
+    sy.Optional("schema", default="public"): described(
+        EnvStr(),
+        "Schema of the target tables, and where cdcsync creates `cdcsync_checkpoints` and "
+        "`cdcsync_dead_letters`. The schema itself must exist.",
+        example="replica",
+    ),
+    sy.Optional("conflict_resolution", default="upsert"): described(
+        EnvEnum("upsert", "replace", "ignore"),
+        "`upsert`: write only the columns present in the event; `replace`: the row becomes "
+        "exactly the event's data; `ignore`: leave an existing row untouched. See "
+        "docs/semantics.md.",
+        example="replace",
+    ),
+    sy.Optional("tables"): described(
+        sy.MapPattern(EnvStr(), EnvStr()),
+        "Event table name to target table name. Mapped tables are checked at start-up "
+        "(they must exist and have a key); other names are used as they are.",
+        example="{users: app_users}",
+    ),
+    sy.Optional("truncate", default=False): described(
+        EnvBool(),
+        "Apply Debezium truncate events (`op: t`) as `TRUNCATE`; `false`: skip them.",
+        example="true",
+    ),
 }
 
 SPEC = ComponentSpec(
