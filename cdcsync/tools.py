@@ -17,6 +17,7 @@ import trio
 from cdcsync.bridge import aio, open_bridge
 from cdcsync.config import redact_url
 from cdcsync.errors import CdcSyncError
+from cdcsync.progress import Progress
 from cdcsync.sources.nats import connect_fast
 
 __all__ = ["publish", "tail"]
@@ -77,7 +78,9 @@ async def publish(
         sent = 0
         interval = 1.0 / rate if rate > 0 else 0.0
         next_at = trio.current_time()
-        progress_every = max(1, count // 10) if count >= 1000 else 0
+        from_stdin = text is None or text == "-"
+        # A bar on a terminal, a line every 2 s in a log; nothing for a single message.
+        progress = Progress(None if from_stdin else count, "publishing", stream=out)
         try:
             for payload in _payloads(text, stdin, count):
                 if use_js:
@@ -85,13 +88,15 @@ async def publish(
                 else:
                     await aio(nc.publish, subject, payload)
                 sent += 1
-                if progress_every and sent % progress_every == 0:
-                    print(f"published {sent}/{count}", file=out)
+                if count > 1 or from_stdin:
+                    progress.advance()
                 if interval:
                     next_at += interval
                     await trio.sleep_until(next_at)
             await aio(nc.flush)
         finally:
+            if count > 1 or from_stdin:
+                progress.close()
             await aio(nc.close)
         kind = "JetStream (acknowledged)" if use_js else "core NATS"
         print(f"published {sent} message(s) to {subject} via {kind}", file=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -82,3 +83,51 @@ def test_publish_to_an_unreachable_server_fails_clearly() -> None:
     result = cli("publish", "x", "{}", "--server", "nats://127.0.0.1:1")
     assert result.returncode == 1
     assert result.stderr.startswith("cdcsync publish: cannot connect to nats://127.0.0.1:1")
+
+
+def test_publish_count_shows_progress_lines_in_a_log(nats_url: str, unique: str) -> None:
+    """Off a terminal, `publish --count` prints plain progress lines while it runs and a last
+    one at 100 %, with no terminal control characters."""
+    result = cli(
+        "publish", f"{unique}.p", "{}", "--count", "300", "--rate", "100", "--core",
+        "--server", nats_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("publishing ")]
+    counts = [int(re.search(r"publishing\s+(\d+)/300 \(\d+%\)", line)[1]) for line in lines]  # type: ignore[index]
+    assert any(c < 300 for c in counts), lines  # at least one line while running (3 s, every 2 s)
+    assert counts == sorted(counts) and counts[-1] == 300
+    assert re.search(r"300/300 \(100%\).* in \d+\.\d s", lines[-1]), lines[-1]
+
+
+def test_publish_count_draws_a_bar_on_a_terminal(nats_url: str, unique: str) -> None:
+    """On a terminal, `publish --count` redraws one line in place with a bar, ending full."""
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdcsync", "publish", f"{unique}.p", "{}", "--count", "200",
+             "--rate", "200", "--core", "--server", nats_url],
+            stdin=secondary, stdout=secondary, stderr=secondary,
+        )  # fmt: skip
+        os.close(secondary)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=30) == 0, out
+    finally:
+        os.close(primary)
+    text = out.decode()
+    assert "\r\x1b[K" in text
+    redraws = text.count("\r\x1b[Kpublishing  [")
+    assert redraws >= 3, text  # redrawn in place, not one line per step
+    assert f"[{'#' * 24}]  200/200 (100%)" in text
