@@ -141,7 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app.run(cfg)
     except BaseExceptionGroup as group:
-        errors = [e for e in _leaves(group) if isinstance(e, CdcSyncError)]
+        # OSError: e.g. the API's port is taken (it arrives wrapped by hypercorn's nurseries).
+        errors = [e for e in _leaves(group) if isinstance(e, CdcSyncError | OSError)]
         if not errors:
             raise
         for exc in errors:
