@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from cdcsync import __version__, registry
-from cdcsync.api import metrics
+from cdcsync.api import dashboard, metrics
 from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
 from cdcsync.sinks import dead_letters
@@ -70,7 +70,7 @@ def create_app(
         return {
             "version": __version__,
             "uptime_s": round(time.time() - started, 1),
-            "flows": [f.stats.snapshot() for f in flows],
+            "flows": [{**f.stats.snapshot(), "paused": f.paused} for f in flows],
         }
 
     def authorized() -> bool:
@@ -145,8 +145,14 @@ def create_app(
     @app.get("/api/stream")
     async def stream() -> Response:
         async def events() -> AsyncIterator[bytes]:
+            # Its own Process: cpu_percent is then this client's last second, whatever
+            # other clients and /api/system ask meanwhile.
+            own = psutil.Process(process.pid)
+            own.cpu_percent(None)
+            yield b"retry: 1000\n\n"  # browsers reconnect after 1 s, not their default 3 s
             while True:
-                yield b"data: " + orjson.dumps(stats()) + b"\n\n"
+                body = {**stats(), "system": system_figures(own)}
+                yield b"data: " + orjson.dumps(body) + b"\n\n"
                 await trio.sleep(1)
 
         resp = Response(events(), content_type="text/event-stream")
@@ -155,24 +161,25 @@ def create_app(
         resp.timeout = None
         return resp
 
-    @app.get("/api/system")
-    async def system() -> Response:
-        with process.oneshot():
+    def system_figures(proc: psutil.Process) -> dict[str, Any]:
+        with proc.oneshot():
             try:
-                connections = len(process.net_connections(kind="inet"))
+                connections: int | None = len(proc.net_connections(kind="inet"))
             except psutil.Error:
                 connections = None
-            return jsonify(
-                {
-                    "version": __version__,
-                    "pid": process.pid,
-                    "uptime_s": round(time.time() - started, 1),
-                    "cpu_percent": process.cpu_percent(None),
-                    "rss_bytes": process.memory_info().rss,
-                    "threads": process.num_threads(),
-                    "open_connections": connections,
-                }
-            )
+            return {
+                "version": __version__,
+                "pid": proc.pid,
+                "uptime_s": round(time.time() - started, 1),
+                "cpu_percent": proc.cpu_percent(None),
+                "rss_bytes": proc.memory_info().rss,
+                "threads": proc.num_threads(),
+                "open_connections": connections,
+            }
+
+    @app.get("/api/system")
+    async def system() -> Response:
+        return jsonify(system_figures(process))
 
     @app.get("/api/openapi.json")
     async def openapi() -> Response:
@@ -231,6 +238,7 @@ def create_app(
             return not_found(name)
         return jsonify(view(flow))
 
+    dashboard.register(app)  # last: its catch-all route never shadows the API's
     return app
 
 

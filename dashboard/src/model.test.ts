@@ -1,0 +1,263 @@
+import { describe, expect, it } from "vitest";
+import {
+  type DestinationSnapshot,
+  type FlowSnapshot,
+  type StatsSnapshot,
+  History,
+  destinationHealth,
+  flowProblems,
+  formatBytes,
+  formatCount,
+  formatDuration,
+  formatMs,
+  formatRate,
+  rate,
+  statusTone,
+  totals,
+} from "./model";
+
+function dest(over: Partial<DestinationSnapshot> = {}): DestinationSnapshot {
+  return {
+    name: "primary",
+    status: "running",
+    written: 0,
+    dead_lettered: 0,
+    skipped: 0,
+    batches: 0,
+    failed_batches: 0,
+    retries: 0,
+    last_error: null,
+    last_batch_latency_ms: null,
+    events_per_second: 0,
+    checkpoint: null,
+    ...over,
+  };
+}
+
+function flow(over: Partial<FlowSnapshot> = {}): FlowSnapshot {
+  return {
+    name: "users",
+    status: "running",
+    received: 0,
+    acked: 0,
+    written: 0,
+    dead_lettered: 0,
+    failed_batches: 0,
+    retries: 0,
+    restarts: 0,
+    last_error: null,
+    events_per_second: 0,
+    consumer_pending: 0,
+    destinations: [dest()],
+    ...over,
+  };
+}
+
+function snap(flows: FlowSnapshot[], system?: StatsSnapshot["system"]): StatsSnapshot {
+  return { version: "0.1.0", uptime_s: 1, flows, system };
+}
+
+describe("rate", () => {
+  it("is the counter difference per second", () => {
+    expect(rate(100, 300, 2)).toBe(100);
+  });
+  it("treats a counter that went down as reset: what it counts now is new", () => {
+    expect(rate(500, 20, 1)).toBe(20);
+  });
+  it("is zero for a zero or negative interval", () => {
+    expect(rate(0, 10, 0)).toBe(0);
+    expect(rate(0, 10, -1)).toBe(0);
+  });
+});
+
+describe("History", () => {
+  it("turns successive snapshots into per-second received and written series", () => {
+    const h = new History();
+    h.push(snap([flow({ received: 0, written: 0 })]), 1000);
+    h.push(snap([flow({ received: 50, written: 40 })]), 2000);
+    h.push(snap([flow({ received: 150, written: 140, dead_lettered: 2 })]), 3000);
+    const s = h.flowSeries("users");
+    expect(s.received).toEqual([
+      [2000, 50],
+      [3000, 100],
+    ]);
+    expect(s.written).toEqual([
+      [2000, 40],
+      [3000, 100],
+    ]);
+    expect(s.deadLettered).toEqual([
+      [2000, 0],
+      [3000, 2],
+    ]);
+  });
+
+  it("divides by the real interval between snapshots", () => {
+    const h = new History();
+    h.push(snap([flow({ received: 0 })]), 0);
+    h.push(snap([flow({ received: 30 })]), 1500);
+    expect(h.flowSeries("users").received).toEqual([[1500, 20]]);
+  });
+
+  it("does not draw a negative rate after a counter reset", () => {
+    const h = new History();
+    h.push(snap([flow({ received: 1000, written: 1000 })]), 1000);
+    h.push(snap([flow({ received: 5, written: 3 })]), 2000);
+    const s = h.flowSeries("users");
+    expect(s.received).toEqual([[2000, 5]]);
+    expect(s.written).toEqual([[2000, 3]]);
+  });
+
+  it("breaks the line across a gap in the stream (lost connection)", () => {
+    const h = new History();
+    h.push(snap([flow({ received: 0 })]), 1000);
+    h.push(snap([flow({ received: 100 })]), 11000);
+    expect(h.flowSeries("users").received).toEqual([
+      [1001, null],
+      [11000, 10],
+    ]);
+  });
+
+  it("keeps latency per destination, nulls for no batch yet", () => {
+    const h = new History();
+    h.push(
+      snap([flow({ destinations: [dest(), dest({ name: "replica", last_batch_latency_ms: 4 })] })]),
+      1000,
+    );
+    h.push(
+      snap([
+        flow({
+          destinations: [
+            dest({ last_batch_latency_ms: 2.5 }),
+            dest({ name: "replica", last_batch_latency_ms: 7 }),
+          ],
+        }),
+      ]),
+      2000,
+    );
+    expect(h.flowSeries("users").latency).toEqual({
+      primary: [
+        [1000, null],
+        [2000, 2.5],
+      ],
+      replica: [
+        [1000, 4],
+        [2000, 7],
+      ],
+    });
+  });
+
+  it("keeps only the last `capacity` snapshots and ignores out-of-order ones", () => {
+    const h = new History(3);
+    for (let i = 1; i <= 5; i++) h.push(snap([flow({ received: i * 10 })]), i * 1000);
+    h.push(snap([flow({ received: 999 })]), 4500);
+    expect(h.size).toBe(3);
+    expect(h.latest()?.flows[0].received).toBe(50);
+    expect(h.flowSeries("users").received).toEqual([
+      [4000, 10],
+      [5000, 10],
+    ]);
+  });
+
+  it("gives an empty series for an unknown flow and restarts after the flow vanishes", () => {
+    const h = new History();
+    h.push(snap([flow({ received: 10 })]), 1000);
+    h.push(snap([]), 2000);
+    h.push(snap([flow({ received: 20 })]), 3000);
+    expect(h.flowSeries("users").received).toEqual([]);
+    expect(h.flowSeries("nope")).toEqual({
+      received: [],
+      written: [],
+      deadLettered: [],
+      latency: {},
+    });
+  });
+
+  it("shapes CPU and memory from the system figures in the stream", () => {
+    const h = new History();
+    h.push(snap([]), 1000); // an older server without `system`
+    h.push(
+      snap([], {
+        version: "0.1.0",
+        pid: 1,
+        uptime_s: 2,
+        cpu_percent: 12.345,
+        rss_bytes: 100 * 1024 * 1024,
+        threads: 3,
+        open_connections: 4,
+      }),
+      2000,
+    );
+    expect(h.systemSeries()).toEqual({ cpu: [[2000, 12.3]], rssMiB: [[2000, 100]] });
+  });
+});
+
+describe("status and problems", () => {
+  it("maps states to badge tones", () => {
+    expect(statusTone("running")).toBe("ok");
+    expect(statusTone("degraded")).toBe("warn");
+    expect(statusTone("failed")).toBe("bad");
+    expect(statusTone("stopped")).toBe("bad");
+    expect(statusTone("paused")).toBe("idle");
+    expect(statusTone("standby")).toBe("idle");
+    expect(statusTone("something new")).toBe("idle");
+  });
+
+  it("names the failing destination and its error, first", () => {
+    const f = flow({
+      status: "degraded",
+      last_error: "connection refused",
+      destinations: [
+        dest({ name: "fast", last_batch_latency_ms: 2500 }),
+        dest({ name: "broken", status: "degraded", last_error: "connection refused" }),
+      ],
+    });
+    expect(flowProblems(f)).toEqual([
+      { destination: "broken", kind: "failing", message: "connection refused" },
+      { destination: "fast", kind: "slow", message: "last batch took 2.50 s" },
+    ]);
+    expect(destinationHealth(f.destinations[0])).toBe("slow");
+    expect(destinationHealth(f.destinations[1])).toBe("failing");
+  });
+
+  it("reports the flow's own error when no destination explains it", () => {
+    const f = flow({ status: "degraded", last_error: "nats: no servers available" });
+    expect(flowProblems(f)).toEqual([
+      { destination: null, kind: "flow", message: "nats: no servers available" },
+    ]);
+    expect(flowProblems(flow({ status: "failed" }))).toEqual([
+      { destination: null, kind: "flow", message: "flow is failed" },
+    ]);
+  });
+
+  it("has nothing to say about a healthy or paused flow, even with an old error", () => {
+    expect(flowProblems(flow())).toEqual([]);
+    expect(flowProblems(flow({ status: "paused", last_error: "old" }))).toEqual([]);
+  });
+
+  it("sums totals and counts flows that are neither running nor paused", () => {
+    const t = totals([
+      flow({ received: 10, written: 8, dead_lettered: 2 }),
+      flow({ name: "b", status: "paused", received: 5, written: 5 }),
+      flow({ name: "c", status: "degraded", received: 1 }),
+    ]);
+    expect(t).toEqual({ received: 16, written: 13, deadLettered: 2, unhealthy: 1 });
+  });
+});
+
+describe("formatting", () => {
+  it("formats numbers for humans", () => {
+    expect(formatCount(1234567)).toBe("1,234,567");
+    expect(formatCount(null)).toBe("–");
+    expect(formatRate(12.34)).toBe("12.3/s");
+    expect(formatRate(250.4)).toBe("250/s");
+    expect(formatRate(12500)).toBe("12.5k/s");
+    expect(formatMs(4.21)).toBe("4.2 ms");
+    expect(formatMs(42.4)).toBe("42 ms");
+    expect(formatMs(1500)).toBe("1.50 s");
+    expect(formatBytes(512)).toBe("512 B");
+    expect(formatBytes(91234304)).toBe("87.0 MiB");
+    expect(formatDuration(59)).toBe("59s");
+    expect(formatDuration(3725)).toBe("1h 2m");
+    expect(formatDuration(90061)).toBe("1d 1h");
+  });
+});

@@ -1,0 +1,291 @@
+// The data shaping behind the dashboard: snapshot types (as GET /api/stats and
+// /api/stream send them), a bounded history of snapshots turned into per-second chart
+// series, and the status/problem derivation that says which destination is failing
+// or slow and why. Pure functions, no DOM: unit-tested with Vitest.
+
+export interface DestinationSnapshot {
+  name: string;
+  status: string;
+  written: number;
+  dead_lettered: number;
+  skipped: number;
+  batches: number;
+  failed_batches: number;
+  retries: number;
+  last_error: string | null;
+  last_batch_latency_ms: number | null;
+  events_per_second: number;
+  checkpoint: number | null;
+}
+
+export interface FlowSnapshot {
+  name: string;
+  status: string;
+  received: number;
+  acked: number;
+  written: number;
+  dead_lettered: number;
+  failed_batches: number;
+  retries: number;
+  restarts: number;
+  last_error: string | null;
+  events_per_second: number;
+  consumer_pending: number | null;
+  paused?: boolean; // pause requested (status turns "paused" once in-flight batches commit)
+  destinations: DestinationSnapshot[];
+}
+
+export interface SystemSnapshot {
+  version: string;
+  pid: number;
+  uptime_s: number;
+  cpu_percent: number;
+  rss_bytes: number;
+  threads: number;
+  open_connections: number | null;
+}
+
+export interface StatsSnapshot {
+  version: string;
+  uptime_s: number;
+  flows: FlowSnapshot[];
+  system?: SystemSnapshot;
+}
+
+/** One chart point: [time in ms since the epoch, value or null for a gap]. */
+export type Point = [number, number | null];
+
+export interface FlowSeries {
+  received: Point[]; // events/s taken from the source
+  written: Point[]; // events/s applied, summed over destinations
+  deadLettered: Point[]; // events/s stored as dead letters
+  latency: Record<string, Point[]>; // per destination: last batch write time, ms
+}
+
+export interface SystemSeries {
+  cpu: Point[];
+  rssMiB: Point[];
+}
+
+interface Sample {
+  t: number;
+  snapshot: StatsSnapshot;
+}
+
+/**
+ * Per-second rate of a monotonically increasing counter between two samples.
+ *
+ * A counter that went down was reset (POST /api/stats/reset or a restarted server):
+ * everything it counts now happened after the reset, within the interval.
+ */
+export function rate(prev: number, curr: number, seconds: number): number {
+  if (!(seconds > 0)) return 0;
+  const delta = curr >= prev ? curr - prev : curr;
+  return delta / seconds;
+}
+
+/** A gap longer than this many seconds between snapshots is drawn as a break. */
+const GAP_S = 5;
+
+/**
+ * The last `capacity` snapshots of the stream and the chart series derived from them.
+ *
+ * Rates come from counter differences between consecutive snapshots, so a chart shows
+ * what happened in each second (the server's own `events_per_second` is a 10 s mean).
+ */
+export class History {
+  private samples: Sample[] = [];
+
+  constructor(readonly capacity = 180) {}
+
+  push(snapshot: StatsSnapshot, t: number): void {
+    const last = this.samples[this.samples.length - 1];
+    if (last && t <= last.t) return; // out of order or duplicate
+    this.samples.push({ t, snapshot });
+    if (this.samples.length > this.capacity) {
+      this.samples.splice(0, this.samples.length - this.capacity);
+    }
+  }
+
+  get size(): number {
+    return this.samples.length;
+  }
+
+  latest(): StatsSnapshot | null {
+    return this.samples[this.samples.length - 1]?.snapshot ?? null;
+  }
+
+  flowSeries(name: string): FlowSeries {
+    const out: FlowSeries = { received: [], written: [], deadLettered: [], latency: {} };
+    let prev: { t: number; flow: FlowSnapshot } | null = null;
+    for (const { t, snapshot } of this.samples) {
+      const flow = snapshot.flows.find((f) => f.name === name);
+      if (!flow) {
+        prev = null;
+        continue;
+      }
+      for (const d of flow.destinations) {
+        (out.latency[d.name] ??= []).push([t, d.last_batch_latency_ms]);
+      }
+      if (prev) {
+        const seconds = (t - prev.t) / 1000;
+        if (seconds > GAP_S) {
+          const mid = prev.t + 1;
+          out.received.push([mid, null]);
+          out.written.push([mid, null]);
+          out.deadLettered.push([mid, null]);
+        }
+        out.received.push([t, round1(rate(prev.flow.received, flow.received, seconds))]);
+        out.written.push([t, round1(rate(prev.flow.written, flow.written, seconds))]);
+        out.deadLettered.push([
+          t,
+          round1(rate(prev.flow.dead_lettered, flow.dead_lettered, seconds)),
+        ]);
+      }
+      prev = { t, flow };
+    }
+    return out;
+  }
+
+  systemSeries(): SystemSeries {
+    const out: SystemSeries = { cpu: [], rssMiB: [] };
+    for (const { t, snapshot } of this.samples) {
+      const sys = snapshot.system;
+      if (!sys) continue;
+      out.cpu.push([t, round1(sys.cpu_percent)]);
+      out.rssMiB.push([t, round1(sys.rss_bytes / 1024 / 1024)]);
+    }
+    return out;
+  }
+}
+
+function round1(n: number): number {
+  return Math.round(n * 10) / 10;
+}
+
+/** Badge colour of a flow or destination state. */
+export type Tone = "ok" | "warn" | "bad" | "idle";
+
+export function statusTone(status: string): Tone {
+  switch (status) {
+    case "running":
+      return "ok";
+    case "degraded":
+      return "warn";
+    case "failed":
+    case "stopped":
+      return "bad";
+    default: // starting, standby, paused, unknown
+      return "idle";
+  }
+}
+
+/** A destination is called slow when its last batch took longer than this. */
+export const SLOW_BATCH_MS = 1000;
+
+export interface Problem {
+  destination: string | null; // null: the flow itself (source, restarts)
+  kind: "failing" | "slow" | "flow";
+  message: string;
+}
+
+/**
+ * What an operator must look at for this flow: failing destinations with their error,
+ * slow ones with their batch time, and the flow's own error while it is not running.
+ * Failing comes first.
+ */
+export function flowProblems(flow: FlowSnapshot, slowMs = SLOW_BATCH_MS): Problem[] {
+  const failing: Problem[] = [];
+  const slow: Problem[] = [];
+  for (const d of flow.destinations) {
+    if (d.status === "degraded" || d.status === "failed") {
+      failing.push({
+        destination: d.name,
+        kind: "failing",
+        message: d.last_error ?? `destination is ${d.status}`,
+      });
+    } else if (d.last_batch_latency_ms !== null && d.last_batch_latency_ms > slowMs) {
+      slow.push({
+        destination: d.name,
+        kind: "slow",
+        message: `last batch took ${formatMs(d.last_batch_latency_ms)}`,
+      });
+    }
+  }
+  const out = [...failing, ...slow];
+  const flowBad = flow.status === "degraded" || flow.status === "failed";
+  if (flowBad && flow.last_error && !failing.some((p) => p.message === flow.last_error)) {
+    out.unshift({ destination: null, kind: "flow", message: flow.last_error });
+  } else if (flowBad && out.length === 0) {
+    out.push({ destination: null, kind: "flow", message: `flow is ${flow.status}` });
+  }
+  return out;
+}
+
+/** Health of one destination for the table: failing, slow, or its plain status. */
+export function destinationHealth(d: DestinationSnapshot, slowMs = SLOW_BATCH_MS): string {
+  if (d.status === "degraded" || d.status === "failed") return "failing";
+  if (d.last_batch_latency_ms !== null && d.last_batch_latency_ms > slowMs) return "slow";
+  return d.status;
+}
+
+/** Totals across flows, for the page header. */
+export function totals(flows: FlowSnapshot[]): {
+  received: number;
+  written: number;
+  deadLettered: number;
+  unhealthy: number;
+} {
+  let received = 0;
+  let written = 0;
+  let deadLettered = 0;
+  let unhealthy = 0;
+  for (const f of flows) {
+    received += f.received;
+    written += f.written;
+    deadLettered += f.dead_lettered;
+    if (f.status !== "running" && f.status !== "paused") unhealthy += 1;
+  }
+  return { received, written, deadLettered, unhealthy };
+}
+
+export function formatCount(n: number | null | undefined): string {
+  if (n === null || n === undefined) return "–";
+  return Math.round(n).toLocaleString("en-US");
+}
+
+export function formatRate(n: number | null | undefined): string {
+  if (n === null || n === undefined) return "–";
+  if (n >= 10_000) return `${(n / 1000).toFixed(1)}k/s`;
+  return `${n >= 100 ? Math.round(n) : Math.round(n * 10) / 10}/s`;
+}
+
+export function formatMs(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined) return "–";
+  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
+  return `${ms >= 10 ? Math.round(ms) : ms.toFixed(1)} ms`;
+}
+
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined) return "–";
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${m}m`;
+  if (m > 0) return `${m}m ${s % 60}s`;
+  return `${s}s`;
+}

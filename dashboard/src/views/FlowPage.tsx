@@ -1,0 +1,286 @@
+import { useCallback, useEffect, useMemo, useState } from "react";
+import { type DeadLetter, deadLetters } from "../api";
+import { COLORS, EChart, type LineSpec, lineOption, peak } from "../charts";
+import { Badge, Link, PauseButton, Stat } from "../components";
+import {
+  type DestinationSnapshot,
+  type FlowSnapshot,
+  type History,
+  destinationHealth,
+  flowProblems,
+  formatCount,
+  formatMs,
+  formatRate,
+} from "../model";
+
+export function FlowPage({
+  name,
+  flow,
+  history,
+  tick,
+  dark,
+}: {
+  name: string;
+  flow: FlowSnapshot | undefined;
+  history: History;
+  tick: number;
+  dark: boolean;
+}) {
+  // `tick` is the change signal of the mutable history.
+  const series = useMemo(() => history.flowSeries(name), [history, name, tick]);
+  const throughput = useMemo(
+    () =>
+      lineOption(
+        [
+          { name: "received", data: series.received, color: COLORS.received, area: true },
+          { name: "written", data: series.written, color: COLORS.written },
+          { name: "dead-lettered", data: series.deadLettered, color: COLORS.dead },
+        ],
+        dark,
+        "events/s",
+      ),
+    [series, dark],
+  );
+  const latency = useMemo(() => {
+    const lines: LineSpec[] = Object.entries(series.latency).map(([dest, data], i) => ({
+      name: dest,
+      data,
+      color: i === 0 ? COLORS.written : COLORS.extra[(i - 1) % COLORS.extra.length],
+    }));
+    return lineOption(lines, dark, "ms");
+  }, [series, dark]);
+
+  if (!flow) {
+    return (
+      <div className="card">
+        <h2>No flow named “{name}”</h2>
+        <p>
+          <Link to="/">Back to the overview</Link>
+        </p>
+      </div>
+    );
+  }
+  const problems = flowProblems(flow);
+  return (
+    <div className="flow-page" data-testid="flow-page" data-flow={flow.name}>
+      <div className="page-head">
+        <div className="page-title">
+          <Link to="/" className="back" testId="back-to-overview">
+            ← Flows
+          </Link>
+          <h1>{flow.name}</h1>
+          <Badge status={flow.status} testId="flow-status" />
+        </div>
+        <PauseButton
+          flow={flow.name}
+          paused={flow.paused ?? flow.status === "paused"}
+          testId="flow-toggle"
+        />
+      </div>
+
+      {problems.length > 0 && (
+        <ul className="problems" data-testid="flow-problems">
+          {problems.map((p) => (
+            <li key={`${p.kind}-${p.destination}`} className={`problem-${p.kind}`}>
+              <strong>
+                {p.destination ? `destination ${p.destination}` : "flow"}{" "}
+                {p.kind === "slow" ? "is slow" : p.kind === "failing" ? "is failing" : ""}:
+              </strong>{" "}
+              <span data-testid="problem-message">{p.message}</span>
+            </li>
+          ))}
+        </ul>
+      )}
+
+      <section className="tiles">
+        <Stat label="Received" value={formatCount(flow.received)} testId="stat-received" />
+        <Stat label="Acked" value={formatCount(flow.acked)} testId="stat-acked" />
+        <Stat label="Written" value={formatCount(flow.written)} testId="stat-written" />
+        <Stat
+          label="Dead-lettered"
+          value={formatCount(flow.dead_lettered)}
+          testId="stat-dead-lettered"
+          tone={flow.dead_lettered ? "warn" : undefined}
+        />
+        <Stat
+          label="Pending"
+          value={formatCount(flow.consumer_pending)}
+          testId="stat-pending"
+          hint="JetStream messages not yet delivered plus delivered but not yet acked"
+        />
+        <Stat label="Events/s (10 s)" value={formatRate(flow.events_per_second)} testId="stat-rate" />
+        <Stat label="Retries" value={formatCount(flow.retries)} testId="stat-retries" />
+        <Stat label="Restarts" value={formatCount(flow.restarts)} testId="stat-restarts" />
+      </section>
+
+      <div className="chart-grid">
+        <section className="card">
+          <h2>
+            Throughput<span className="unit">events/s</span>
+          </h2>
+          <EChart
+            option={throughput}
+            height={220}
+            label="received and written events per second"
+            testId="chart-throughput"
+            summary={{
+              points: series.written.length,
+              "peak-received": peak(series.received),
+              "peak-written": peak(series.written),
+            }}
+          />
+        </section>
+        <section className="card">
+          <h2>
+            Batch latency<span className="unit">ms, last batch per destination</span>
+          </h2>
+          <EChart
+            option={latency}
+            height={220}
+            label="last batch write time per destination"
+            testId="chart-latency"
+            summary={{
+              destinations: Object.keys(series.latency).length,
+              peak: Math.max(0, ...Object.values(series.latency).map(peak)),
+            }}
+          />
+        </section>
+      </div>
+
+      <section className="card">
+        <h2>Destinations</h2>
+        <DestinationsTable destinations={flow.destinations} />
+      </section>
+
+      <DeadLetters flow={flow.name} count={flow.dead_lettered} />
+    </div>
+  );
+}
+
+function DestinationsTable({ destinations }: { destinations: DestinationSnapshot[] }) {
+  if (destinations.length === 0) return <p className="muted">No destination has started yet.</p>;
+  return (
+    <div className="table-scroll">
+      <table className="table" data-testid="destinations-table">
+        <thead>
+          <tr>
+            <th>Destination</th>
+            <th>Status</th>
+            <th className="num">Written</th>
+            <th className="num">Dead-lettered</th>
+            <th className="num">Events/s</th>
+            <th className="num">Last batch</th>
+            <th className="num">Retries</th>
+            <th className="num">Checkpoint</th>
+            <th>Last error</th>
+          </tr>
+        </thead>
+        <tbody>
+          {destinations.map((d) => {
+            const health = destinationHealth(d);
+            return (
+              <tr key={d.name} data-testid={`dest-row-${d.name}`} className={`health-${health}`}>
+                <td data-label="Destination">
+                  <strong>{d.name}</strong>
+                </td>
+                <td data-label="Status">
+                  <Badge status={d.status} testId={`dest-status-${d.name}`} />
+                  {health === "slow" && <span className="tag tag-warn">slow</span>}
+                </td>
+                <td className="num" data-label="Written">
+                  {formatCount(d.written)}
+                </td>
+                <td className="num" data-label="Dead-lettered">
+                  {formatCount(d.dead_lettered)}
+                </td>
+                <td className="num" data-label="Events/s">
+                  {formatRate(d.events_per_second)}
+                </td>
+                <td className="num" data-label="Last batch">
+                  {formatMs(d.last_batch_latency_ms)}
+                </td>
+                <td className="num" data-label="Retries">
+                  {formatCount(d.retries)}
+                </td>
+                <td className="num" data-label="Checkpoint">
+                  {formatCount(d.checkpoint)}
+                </td>
+                <td className="error-cell" data-label="Last error" data-testid={`dest-error-${d.name}`}>
+                  {d.last_error ?? "–"}
+                </td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+/** The newest dead letters; fetched on open and whenever the flow's count changes. */
+function DeadLetters({ flow, count }: { flow: string; count: number }) {
+  const [letters, setLetters] = useState<DeadLetter[] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const load = useCallback(async () => {
+    try {
+      const body = await deadLetters(flow, 50);
+      setLetters(body.dead_letters);
+      setError(null);
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+    }
+  }, [flow]);
+  useEffect(() => {
+    void load();
+  }, [load, count]);
+  return (
+    <section className="card" data-testid="dead-letters">
+      <div className="card-head">
+        <h2>Dead letters</h2>
+        <button type="button" className="btn btn-small btn-ghost" onClick={() => void load()}>
+          Refresh
+        </button>
+      </div>
+      {error && <p className="problem">Could not load dead letters: {error}</p>}
+      {letters === null && !error && <p className="muted">Loading…</p>}
+      {letters !== null && letters.length === 0 && (
+        <p className="muted" data-testid="dead-letters-empty">
+          No dead letters.
+        </p>
+      )}
+      {letters !== null && letters.length > 0 && (
+        <ul className="letters">
+          {letters.map((d, i) =>
+            d.unavailable ? (
+              <li key={`u-${d.destination}-${i}`} className="letter" data-testid="dead-letter">
+                <span className="problem">
+                  {d.destination}: cannot read dead letters: {d.unavailable}
+                </span>
+              </li>
+            ) : (
+              <li key={d.id ?? i} className="letter" data-testid="dead-letter">
+                <div className="letter-head">
+                  <span className="mono">#{d.stream_seq}</span>
+                  <span className="mono letter-subject">{d.subject}</span>
+                  {d.table && <span className="tag">{d.table}</span>}
+                  <span className="muted letter-time">
+                    {d.failed_at ? new Date(d.failed_at).toLocaleString() : ""}
+                  </span>
+                </div>
+                <div className="letter-error" data-testid="dead-letter-error">
+                  {d.destination}: {d.error}
+                </div>
+                <details>
+                  <summary>
+                    payload ({formatCount(d.payload_bytes ?? 0)} bytes)
+                  </summary>
+                  <pre className="payload">{d.payload}</pre>
+                </details>
+              </li>
+            ),
+          )}
+        </ul>
+      )}
+    </section>
+  );
+}
