@@ -4,6 +4,11 @@
 serve config="config/example.yaml":
     scripts/dev serve {{config}}
 
+# build the dashboard served at / (dashboard/dist; needs node >= 20.19 and npm)
+dashboard:
+    npm --prefix dashboard ci --no-audit --no-fund
+    npm --prefix dashboard run build
+
 # validate a config and connect to its servers
 check config="config/example.yaml":
     scripts/dev check {{config}}
