@@ -1,4 +1,4 @@
-"""Command line: ``cdcsync serve | check | dlq | publish | tail | generate-config``."""
+"""Command line: ``cdcsync serve | check | dlq | publish | tail | demo | generate-config``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,26 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=0, help="stop after N messages")
     tail.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
 
+    demo = sub.add_parser(
+        "demo",
+        help="a working system in one command: embedded NATS and PostgreSQL, 3 flows, "
+        "live demo events, the dashboard",
+    )
+    demo.add_argument("--rate", type=float, default=50.0, help="events per second (default 50)")
+    demo.add_argument("--events", type=int, default=0, help="stop publishing after N events")
+    demo.add_argument(
+        "--keep-data", metavar="DIR", help="keep the servers' data in DIR (reused next time)"
+    )
+    demo.add_argument("--port", type=int, help="API/dashboard port (default: 8080 or next free)")
+    demo.add_argument(
+        "--prefix", default="demo", help="names of schema, subjects, streams (default: demo)"
+    )
+    demo.add_argument("--nats-url", help="NATS to use if it answers (default: $NATS_URL)")
+    demo.add_argument(
+        "--database-url", help="PostgreSQL to use if it answers (default: $DATABASE_URL)"
+    )
+    demo.add_argument("--config", help="take the NATS and PostgreSQL servers from this config")
+
     gen = sub.add_parser("generate-config", help="write a commented example configuration")
     gen.add_argument("path", nargs="?", help="file to write (default: standard output)")
     gen.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -187,7 +207,30 @@ def main(argv: list[str] | None = None) -> int:
         return _tools(args)
     if args.command == "dlq":
         return _dlq(args)
+    if args.command == "demo":
+        return _demo(args)
     return _generate(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import re
+
+    from cdcsync import demo
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", args.prefix):
+        print("cdcsync demo: --prefix: lowercase letters, digits and _", file=sys.stderr)
+        return 1
+    options = demo.DemoOptions(
+        rate=args.rate,
+        events=args.events,
+        keep_data=args.keep_data,
+        port=args.port,
+        prefix=args.prefix,
+        nats_url=args.nats_url,
+        database_url=args.database_url,
+        config=args.config,
+    )
+    return _reporting("demo", lambda: demo.run(options))
 
 
 def _load(path: str) -> config.Config | None:

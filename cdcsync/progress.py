@@ -82,10 +82,11 @@ class Progress:
 
     def write(self, line: str) -> None:
         """Print a line of text; on a terminal the bar is redrawn below it."""
-        if self.tty and self._drawn:
+        redraw = self.tty and self._drawn and not self._closed
+        if redraw:
             self.stream.write("\r\x1b[K")
         self.stream.write(line.rstrip("\n") + "\n")
-        if self.tty and self._drawn:
+        if redraw:
             self.stream.write(self._line(time.monotonic()))
         self.stream.flush()
 

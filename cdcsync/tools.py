@@ -20,7 +20,7 @@ from cdcsync.errors import CdcSyncError
 from cdcsync.progress import Progress
 from cdcsync.sources.nats import connect_fast
 
-__all__ = ["publish", "tail"]
+__all__ = ["connect", "publish", "tail"]
 
 
 def _payloads(text: str | None, stdin: TextIO, count: int) -> Iterator[bytes]:
@@ -34,7 +34,8 @@ def _payloads(text: str | None, stdin: TextIO, count: int) -> Iterator[bytes]:
         yield text.replace("{n}", str(n)).encode()
 
 
-async def _connect(server: str) -> Any:
+async def connect(server: str) -> Any:
+    """A nats-py client connected to ``server``; fails fast with the server's reason."""
     holder: list[Any] = []
 
     async def on_error(exc: Exception) -> None:
@@ -64,7 +65,7 @@ async def publish(
 ) -> int:
     """Publish messages; returns how many were sent (and acknowledged, with JetStream)."""
     async with open_bridge():
-        nc = await _connect(server)
+        nc = await connect(server)
         js = nc.jetstream()
         use_js = False
         if not core:
@@ -107,7 +108,7 @@ async def tail(server: str, subject: str, *, count: int = 0, out: TextIO = sys.s
     """Print each message on ``subject`` as subject TAB body; stop after ``count`` (0: never)."""
     received = 0
     async with open_bridge():
-        nc = await _connect(server)
+        nc = await connect(server)
         send, recv = trio.open_memory_channel[tuple[str, bytes]](10_000)
 
         async def on_msg(msg: Any) -> None:
