@@ -43,6 +43,8 @@ from cpu import local_server_pid, wait_quiet
 from phases import FLOWS, PHASES, Phases, Run, cleanup, pg_execute, prefill
 from report import TARGETS, code_fingerprint, format_table, machine_facts, summarize
 
+from cdcsync.progress import Progress
+
 # The baselines are plain asyncio. trio-asyncio patches asyncio process-wide when
 # imported, which is why cdcsync runs in a child process (cdcsync_child.py).
 assert "trio_asyncio" not in sys.modules, "the baselines must run on plain asyncio"
@@ -56,7 +58,9 @@ REPEATED = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--events", type=int, help="events in the backlog (default 1000000; quick 20000)")
+    p.add_argument(
+        "--events", type=int, help="events in the backlog (default 1,000,000; quick 20,000)"
+    )
     p.add_argument(
         "--quick", action="store_true", help="the smoke run: small, once, under a minute"
     )
@@ -217,27 +221,31 @@ def main(argv: list[str] | None = None) -> int:
             "nats-limit": phases.nats_limit,
             "sweep": phases.sweep,
         }
-        for name, arg in schedule(args):
-            if name == "sweep":
-                label = f" (batch max_size {arg})"
-            elif name in REPEATED and args.repeat > 1:
-                label = f" (run {arg + 1} of {args.repeat})"
-            else:
-                label = ""
-            print(f"running {name}{label} ...", flush=True)
-            allowance = max(0.0, min(args.wait_quiet, args.wait_budget - waited))
-            t = time.perf_counter()
-            background = wait_quiet(args.quiet_threshold, allowance)
-            waited += max(0.0, time.perf_counter() - t - 1.0)
-            try:
-                r = methods[name](arg)
-            except Exception as exc:
-                failed = True
-                print(f"FAIL {name}{label}: {exc!r}", flush=True)
-                continue
-            r["background_util_before"] = round(background, 3)
-            print(f"  {describe(r)}", flush=True)
-            runs.setdefault(r["name"], []).append(r)
+        plan = schedule(args)
+        with Progress(len(plan), "bench phases") as bar:
+            for name, arg in plan:
+                if name == "sweep":
+                    label = f" (batch max_size {arg})"
+                elif name in REPEATED and args.repeat > 1:
+                    label = f" (run {arg + 1} of {args.repeat})"
+                else:
+                    label = ""
+                bar.write(f"running {name}{label} ...")
+                allowance = max(0.0, min(args.wait_quiet, args.wait_budget - waited))
+                t = time.perf_counter()
+                background = wait_quiet(args.quiet_threshold, allowance)
+                waited += max(0.0, time.perf_counter() - t - 1.0)
+                try:
+                    r = methods[name](arg)
+                except Exception as exc:
+                    failed = True
+                    bar.write(f"FAIL {name}{label}: {exc!r}")
+                    bar.advance()
+                    continue
+                r["background_util_before"] = round(background, 3)
+                bar.write(f"  {describe(r)}")
+                runs.setdefault(r["name"], []).append(r)
+                bar.advance()
     finally:
         asyncio.run(cleanup(run))
 

@@ -24,6 +24,8 @@ from baselines import run_naive, run_nats_limit, run_pg_limit
 from cpu import CpuMeter
 from runner import publish_paced, run_child
 
+from cdcsync.progress import Progress
+
 __all__ = ["FLOWS", "PHASES", "Phases", "Run", "cleanup", "pg_execute", "prefill"]
 
 PHASES = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit", "sweep")
@@ -157,6 +159,7 @@ async def prefill(nats_url: str, streams: list[tuple[str, str, list[bytes]]]) ->
     count is checked afterwards instead.
     """
     nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
+    bar = Progress(sum(len(p) for _, _, p in streams), "prefill")
     try:
         js = nc.jetstream()
         started = time.perf_counter()
@@ -167,6 +170,7 @@ async def prefill(nats_url: str, streams: list[tuple[str, str, list[bytes]]]) ->
                 for payload in payloads[i : i + 10_000]:
                     await nc.publish(subject, payload)
                 await nc.flush(timeout=30)
+                bar.advance(len(payloads[i : i + 10_000]))
             deadline = time.monotonic() + 30
             while (info := await js.stream_info(stream)).state.messages < len(payloads):
                 if time.monotonic() > deadline:
@@ -185,6 +189,7 @@ async def prefill(nats_url: str, streams: list[tuple[str, str, list[bytes]]]) ->
             "nats_server": str(nc.connected_server_version),
         }
     finally:
+        bar.close()
         await nc.close()
 
 
