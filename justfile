@@ -1,5 +1,9 @@
 # cdcsync tasks. `just --list` shows them; each works on a fresh clone (scripts/dev installs).
 
+# the demo: its own NATS + PostgreSQL, 3 flows, live events, the dashboard (Ctrl-C stops)
+demo *args:
+    scripts/dev demo {{args}}
+
 # run cdcsync on the example config
 serve config="config/example.yaml":
     scripts/dev serve {{config}}
