@@ -463,6 +463,28 @@ class PostgresServer(_Server):
             )
         return proc
 
+    def _user_can(self, test: str, path: Path) -> bool:
+        """``test -<flag> path`` as the server's user (always True when not root)."""
+        if self._user is None:
+            return True
+        probe = subprocess.run(["test", test, str(path)], check=False, **self._as_user())  # type: ignore[call-overload]
+        return probe.returncode == 0
+
+    def _reachable_binaries(self) -> None:
+        """pgserver's binaries in a venv under /root are out of the server user's reach:
+        then run a copy in the cluster's own directory (relocatable: ../lib, ../share)."""
+        if self._user_can("-x", self.bin_dir / "postgres"):
+            return
+        install = self.bin_dir.parent  # .../site-packages/pgserver/pginstall
+        # Same layout as in site-packages: the binaries' RPATH is $ORIGIN/../../../pgserver.libs.
+        copy = self.base_dir / "pgbin" / install.parent.name / install.name
+        if not (copy / "bin" / "postgres").is_file():
+            shutil.copytree(install, copy, symlinks=True, dirs_exist_ok=True)
+            libs = install.parent.parent / f"{install.parent.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, copy.parent.parent / libs.name, dirs_exist_ok=True)
+        self.bin_dir = copy / "bin"
+
     def _init(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
@@ -470,17 +492,13 @@ class PostgresServer(_Server):
         if user is not None:
             for p in (self.base_dir, self.socket_dir):
                 os.chown(p, user.pw_uid, user.pw_gid)
-            probe = subprocess.run(
-                ["test", "-w", str(self.base_dir)],
-                check=False,
-                **self._as_user(),  # type: ignore[call-overload]
-            )
-            if probe.returncode != 0:
+            if not self._user_can("-w", self.base_dir):
                 raise ServerError(
                     f"PostgreSQL refuses to run as root, so it runs as user {user.pw_name!r}, "
                     f"who cannot reach {self.base_dir}: use a directory that user can reach "
                     f"(e.g. under /tmp or /var/tmp)"
                 )
+            self._reachable_binaries()
         self._run(
             "initdb", "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
             "-E", "UTF8", "--no-locale", "--no-sync",
@@ -524,6 +542,7 @@ class PostgresServer(_Server):
             self._init()
         if self.running:
             return
+        self._reachable_binaries()
         address = ["-h", LOCALHOST, "-p", str(self.port), "-k", str(self.socket_dir)]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(

@@ -104,3 +104,25 @@ def test_tied_servers_do_not_outlive_a_killed_parent(state_dir: Path) -> None:
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+@needs_pgserver_wheel
+def test_unreachable_pgserver_binaries_run_from_a_copy(state_dir: Path) -> None:
+    """As root, binaries in a directory the server's user cannot enter (a venv under /root)
+    are copied next to the cluster with their libraries, and the server starts."""
+    bin_dir = embedded.pgserver_bin_dir()
+    assert bin_dir is not None
+    site = bin_dir.parent.parent.parent
+    private = Path(tempfile.mkdtemp(prefix="cdcsync-private-"))  # 0700, root's
+    try:
+        for name in ("pgserver", "pgserver.libs"):
+            shutil.copytree(site / name, private / name, symlinks=True)
+        pg = embedded.PostgresServer(
+            base_dir=state_dir / "pg", bin_dir=private / "pgserver" / "pginstall" / "bin"
+        )
+        with pg:
+            assert str(_sql(pg.url, "SELECT version()")).startswith("PostgreSQL 16")
+            if os.geteuid() == 0:
+                assert pg.bin_dir.is_relative_to(state_dir)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
