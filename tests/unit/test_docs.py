@@ -125,6 +125,8 @@ def test_complete_configuration_examples_load(name: str, monkeypatch: Any) -> No
     top) passes the same validation as `cdcsync check`."""
     monkeypatch.setenv("CDCSYNC_API_TOKEN", "t")
     monkeypatch.setenv("PGPASSWORD", "p")
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     whole = [b for b in _yaml_blocks(DOCS / name) if re.search(r"^(flows|nats):", b, re.M)]
     for block in whole:
         config.loads(block, f"docs/{name}")
