@@ -327,6 +327,7 @@ async def _serve(cfg: config_mod.Config, servers: _Servers, shop: Shop, opts: De
     progress.close()
     stats = [f.stats.snapshot() for f in service.flows]
     return {
+        "published": progress.count,
         "written": sum(s["written"] for s in stats),
         "dead_lettered": sum(s["dead_lettered"] for s in stats),
     }
@@ -344,7 +345,6 @@ def run(opts: DemoOptions) -> int:
     log_file = open(state / "cdcsync.log", "a", encoding="utf-8")  # closed in finally
     logs.configure("json", "info", stream=log_file)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
-    shop: Shop | None = None
     totals: dict[str, int] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -381,12 +381,16 @@ def run(opts: DemoOptions) -> int:
     except embedded.ServerError as exc:
         print(f"cdcsync demo: cannot start a server: {exc}", file=opts.err)
         return 1
+    except (asyncpg.PostgresError, OSError) as exc:
+        print(f"cdcsync demo: cannot set up the demo's tables: {exc}", file=opts.err)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         log_file.close()
         if not opts.keep_data:
             shutil.rmtree(state, ignore_errors=True)
-    sent = f"published {shop.sent:,} events ({shop.bad_sent} bad)" if shop else "nothing published"
+    published = totals.get("published", 0)
+    sent = f"published {published:,} events (~1 in {BAD_EVERY} bad)"
     wrote = f"; cdcsync wrote {totals['written']:,} rows" if totals else ""
     dead = f", {totals['dead_lettered']:,} dead letters" if totals else ""
     kept = f"; data kept in {state}" if opts.keep_data else "; servers stopped, data removed"
