@@ -150,8 +150,11 @@ def create_app(
             own = psutil.Process(process.pid)
             own.cpu_percent(None)
             yield b"retry: 1000\n\n"  # browsers reconnect after 1 s, not their default 3 s
+            # The first snapshot goes out at once, before `own` has measured an interval.
+            first: dict[str, Any] | None = system_figures(process)
             while True:
-                body = {**stats(), "system": system_figures(own)}
+                body = {**stats(), "system": first or system_figures(own)}
+                first = None
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
                 await trio.sleep(1)
 

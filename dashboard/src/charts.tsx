@@ -135,13 +135,15 @@ export function lineOption(
   };
 }
 
-/** A bare sparkline: no axes, no legend, the last minute or so of one or two series. */
-export function sparklineOption(lines: LineSpec[]): ChartOption {
+/** A bare sparkline: no axes, no legend; `fromZero` false zooms onto the data's range. */
+export function sparklineOption(lines: LineSpec[], fromZero = true): ChartOption {
   return {
     animation: false,
     grid: { left: 0, right: 0, top: 2, bottom: 2 },
     xAxis: { type: "time", show: false },
-    yAxis: { type: "value", show: false, min: 0 },
+    yAxis: fromZero
+      ? { type: "value", show: false, min: 0 }
+      : { type: "value", show: false, scale: true },
     tooltip: { show: false },
     series: lines.map((l) => ({
       name: l.name,

@@ -61,8 +61,7 @@ function FlowCard({ flow, history, tick }: { flow: FlowSnapshot; history: Histor
   const spark = useMemo(
     () =>
       sparklineOption([
-        { name: "received/s", data: series.received.slice(-90), color: COLORS.received, area: true },
-        { name: "written/s", data: series.written.slice(-90), color: COLORS.written },
+        { name: "written/s", data: series.written.slice(-90), color: COLORS.written, area: true },
       ]),
     [series],
   );
@@ -81,7 +80,7 @@ function FlowCard({ flow, history, tick }: { flow: FlowSnapshot; history: Histor
         <EChart
           option={spark}
           height={44}
-          label={`${id}: events per second, last 90 s`}
+          label={`${id}: events written per second, last 90 s`}
           testId={`flow-sparkline-${id}`}
           summary={{ points: series.written.length, "last-written-rate": now ?? "" }}
         />

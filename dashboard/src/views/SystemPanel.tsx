@@ -21,7 +21,7 @@ export function SystemPanel({
     [series, dark],
   );
   const mem = useMemo(
-    () => sparklineOption([{ name: "RSS", data: series.rssMiB, color: COLORS.memory, area: true }]),
+    () => sparklineOption([{ name: "RSS", data: series.rssMiB, color: COLORS.memory }], false),
     [series],
   );
   if (!system) {
