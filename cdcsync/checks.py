@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import trio
@@ -33,17 +34,90 @@ def warnings(config: Config) -> list[str]:
     return out
 
 
+# What a library's error text means, in plain words, and what to do about it.
+_NATS_FIXES = [
+    (
+        r"ConnectionRefused|Connect call failed|Connection refused",
+        "nothing accepts connections there",
+        "start nats-server with JetStream (nats-server -js), or correct 'servers'",
+    ),
+    (
+        r"Name or service not known|nodename nor servname|gaierror|name resolution",
+        "the host name does not resolve",
+        "correct 'servers'",
+    ),
+    (
+        r"ServiceUnavailable|no responders|JetStream not enabled",
+        "this NATS server has no JetStream",
+        "start it with -js, or drop the flow's 'jetstream' block to read core NATS (at-most-once)",
+    ),
+    (
+        r"[Aa]uthorization [Vv]iolation|[Aa]uthentication",
+        "NATS refused the credentials",
+        "correct user/password, token, creds or nkey_seed",
+    ),
+    (
+        r"timed out|no answer within|Timeout",
+        "no answer",
+        "check host, port and firewall",
+    ),
+]
+_PG_FIXES = [
+    (
+        r"ConnectionRefused|Connect call failed|Connection refused",
+        "nothing accepts connections there",
+        "start PostgreSQL, or correct host and port in 'url'",
+    ),
+    (
+        r"Name or service not known|nodename nor servname|gaierror|name resolution",
+        "the host name does not resolve",
+        "correct the host in 'url'",
+    ),
+    (
+        r'3D000: database "(?P<db>[^"]+)" does not exist',
+        "the server is up but has no such database",
+        "createdb {db} (or CREATE DATABASE {db}), or correct 'url'",
+    ),
+    (
+        r"28P01|28000",
+        "the server refused the login",
+        "correct the user name or password in 'url'",
+    ),
+    (
+        r"timed out|TimeoutError",
+        "no answer",
+        "check host, port and firewall",
+    ),
+]
+
+
+def _explain(text: str, fixes: list[tuple[str, str, str]]) -> str:
+    """``text``, then what it means and how to fix it (from the first pattern it matches)."""
+    for pattern, meaning, fix in fixes:
+        m = re.search(pattern, text)
+        if m:
+            return f"{text}: {meaning} (fix: {fix.format(**m.groupdict())})"
+    return text
+
+
 async def _source_problems(flow_name: str, source: Any) -> list[str]:
     try:
         with trio.move_on_after(10) as scope:
             await source.connect()
-            await source.identity(create=False)
+            stream = await source.identity(create=False)
         if scope.cancelled_caught:
-            return [f"flow {flow_name!r}: NATS did not answer within 10 s"]
+            return [_explain(f"flow {flow_name!r}: NATS did not answer within 10 s", _NATS_FIXES)]
     except CdcSyncError as exc:
-        return [f"flow {flow_name!r}: {exc}"]
+        return [_explain(f"flow {flow_name!r}: {exc}", _NATS_FIXES)]
     finally:
         await source.close()
+    js = getattr(source.options, "jetstream", None)
+    if stream == ("", "") and js is not None and not js.create_stream:
+        return [
+            f"flow {flow_name!r}: JetStream stream {js.stream!r} does not exist and "
+            f"create_stream is false (fix: create it for subject {source.options.subject!r}, "
+            f"or set create_stream: true)"
+        ]
     return []
 
 
@@ -64,6 +138,8 @@ async def connect_problems(config: Config) -> list[str]:
                 if scope.cancelled_caught:
                     found = [f"destination {dest.name!r}: no answer within 15 s"]
                 problems.extend(
-                    f"{config.path}:{dest.line}: flow {flow.name!r}: {p}" for p in found
+                    f"{config.path}:{dest.line}: flow {flow.name!r}: "
+                    + (_explain(p, _PG_FIXES) if p.startswith("cannot connect") else p)
+                    for p in found
                 )
     return problems

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -123,3 +125,71 @@ def test_keyless_and_missing_tables_are_refused(
         assert "ADD PRIMARY KEY" in served.stderr
     finally:
         trio.run(_sql, pg_url, f"DROP SCHEMA IF EXISTS {unique} CASCADE")
+
+
+def test_check_connect_explains_unreachable_servers_with_the_fix(
+    tmp_path: Path, nats_url: str, pg_url: str, unique: str
+) -> None:
+    """`check --connect` says in plain words why each server cannot be used and what to do:
+    nothing listening (NATS, PostgreSQL), NATS without JetStream, a missing database, and a
+    missing stream that cdcsync may not create. Each line names its file:line."""
+    from servers import free_port, nats_info, nats_server_binary
+
+    closed = free_port()
+    core_port = free_port()
+    core = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(core_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while nats_info(core_port) is None:
+            assert time.monotonic() < deadline, "core nats-server did not start"
+            time.sleep(0.05)
+        base = pg_url.rsplit("/", 1)[0]  # the suite's PostgreSQL, another database
+
+        def flow(name: str, nats: str, pg: str, js: str) -> str:
+            return f"""
+  - name: {name}
+    source:
+      type: nats
+      servers: ["{nats}"]
+      subject: "{unique}.{name}.>"
+      jetstream: {{{js}}}
+    destinations:
+      - name: primary
+        type: postgres
+        url: "{pg}"
+"""
+
+        js = f"stream: {unique.upper()}_X, durable: {unique}"
+        down = f"postgresql://postgres@127.0.0.1:{closed}/test"
+        path = tmp_path / "servers.yaml"
+        path.write_text(
+            "flows:"
+            + flow("down", f"nats://127.0.0.1:{closed}", down, js)
+            + flow("corenats", f"nats://127.0.0.1:{core_port}", f"{base}/{unique}_nodb", js)
+            + flow("nostream", nats_url, pg_url, js + ", create_stream: false")
+        )  # fmt: skip
+        result = cdcsync("check", "--connect", str(path))
+    finally:
+        core.kill()
+        core.wait()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    text = "\n".join(lines)
+
+    def line_of(*needles: str) -> str:
+        found = [line for line in lines if all(n in line for n in needles)]
+        assert found, f"no line with {needles}:\n{text}"
+        return found[0]
+
+    assert line_of("'down'", "NATS", "nothing accepts connections there", "nats-server -js")
+    assert line_of("'down'", "postgresql://", "nothing accepts connections", "start PostgreSQL")
+    assert line_of("'corenats'", "has no JetStream", "start it with -js")
+    nodb = line_of("'corenats'", f"{unique}_nodb")
+    assert "no such database" in nodb and f"createdb {unique}_nodb" in nodb
+    nostream = line_of("'nostream'", f"{unique.upper()}_X")
+    assert "does not exist" in nostream and "create_stream: true" in nostream
+    assert all(re.match(rf"{re.escape(str(path))}:\d+: flow '", line) for line in lines), text
