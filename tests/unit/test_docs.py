@@ -3,6 +3,7 @@ own output and names every key, and every link between docs pages resolves."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import strictyaml as sy
 
-from cdcsync import config, reference, registry
+from cdcsync import config, events, reference, registry
 from cdcsync.cli import example_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +150,54 @@ def test_getting_started_describes_the_generated_configuration() -> None:
     assert edited != generated
     cfg = config.loads(edited)
     assert cfg.flows[0].destinations[0].options.tables == {"users": "users"}
+
+
+def test_event_format_examples_decode_as_described() -> None:
+    """Each JSON example in docs/event-formats.md is a change event that `format: auto`
+    decodes, to the table and operation the page names."""
+    page = (DOCS / "event-formats.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", page, flags=re.S)
+    decoded = [events.decode(b.encode(), "auto") for b in blocks]
+    assert [(e.table, e.op.value) for e in decoded if e is not None] == [
+        ("users", "insert"),
+        ("users", "update"),
+        ("users", "delete"),
+        ("customers", "insert"),
+        ("customers", "update"),
+    ]
+
+
+def message_patterns() -> list[re.Pattern[str]]:
+    """Every string and f-string in cdcsync's code as a regex (a placeholder matches anything)."""
+    patterns = []
+    for path in (ROOT / "cdcsync").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                parts = [
+                    re.escape(v.value) if isinstance(v, ast.Constant) else ".*" for v in node.values
+                ]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                parts = [re.escape(node.value)]
+            else:
+                continue
+            literal = "".join(p for p in parts if p != ".*")
+            if len(literal) >= 8:
+                patterns.append(re.compile("".join(parts)))
+    return patterns
+
+
+def test_dead_letter_reasons_in_the_guide_are_cdcsync_messages() -> None:
+    """Each `error` text that event-formats.md lists (except PostgreSQL's own, with their
+    SQLSTATE) is one that cdcsync's code writes: it matches one of its (f-)strings."""
+    page = (DOCS / "event-formats.md").read_text(encoding="utf-8")
+    table = page.split("## What goes to the dead letters", 1)[1]
+    reasons = re.findall(r"^\| [^|]+ \| `([^`]+)`", table, flags=re.M)[1:]  # not the header
+    assert len(reasons) >= 12
+    patterns = message_patterns()
+    unknown = [
+        reason
+        for reason in reasons
+        if not re.match(r"[0-9A-Z]{5}: ", reason)
+        and not any(p.match(reason.replace("…", "").replace("...", "")) for p in patterns)
+    ]
+    assert not unknown
