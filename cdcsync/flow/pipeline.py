@@ -106,7 +106,11 @@ class Flow:
             while not self._stopping.is_set():
                 if self.paused:
                     self.stats.status = "paused"
-                    await self._resumed.wait()
+                    async with trio.open_nursery() as paused:
+                        # The backlog growing while paused is what an operator watches.
+                        paused.start_soon(self._poll_pending, name=f"flow={self.name} pending")
+                        await self._resumed.wait()
+                        paused.cancel_scope.cancel()
                     continue
                 self._run_stop = trio.Event()
                 try:

@@ -16,6 +16,8 @@ export const COLORS = {
   received: "#3b82f6",
   written: "#16a34a",
   dead: "#dc2626",
+  retries: "#f59e0b",
+  lag: "#0ea5e9",
   cpu: "#8b5cf6",
   memory: "#0891b2",
   extra: ["#f59e0b", "#db2777", "#0d9488", "#6366f1"],
@@ -89,6 +91,7 @@ export function lineOption(
   dark: boolean,
   unit: string,
   legend = true,
+  range?: [number, number] | null,
 ): ChartOption {
   const c = axisColors(dark);
   return {
@@ -112,6 +115,9 @@ export function lineOption(
     },
     xAxis: {
       type: "time",
+      // Charts shown together share one time range, so their points line up.
+      min: range?.[0],
+      max: range?.[1],
       axisLabel: { color: c.text, fontSize: 11, hideOverlap: true },
       axisLine: { lineStyle: { color: c.line } },
       splitLine: { show: false },
@@ -161,6 +167,11 @@ export function peak(points: Point[]): number {
   let m = 0;
   for (const [, v] of points) if (v !== null && v > m) m = v;
   return m;
+}
+
+/** First and last time of a series (null when empty): the shared range of a page's charts. */
+export function timeRange(points: Point[]): [number, number] | null {
+  return points.length ? [points[0][0], points[points.length - 1][0]] : null;
 }
 
 /** The newest non-null value of a series, or null. */

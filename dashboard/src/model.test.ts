@@ -91,6 +91,23 @@ describe("History", () => {
     ]);
   });
 
+  it("charts lag as the pending gauge (no rate) and retries as a rate", () => {
+    const h = new History();
+    h.push(snap([flow({ consumer_pending: 0, retries: 0 })]), 1000);
+    h.push(snap([flow({ consumer_pending: 250, retries: 3 })]), 2000);
+    h.push(snap([flow({ consumer_pending: null, retries: 3 })]), 3000);
+    const s = h.flowSeries("users");
+    expect(s.pending).toEqual([
+      [1000, 0],
+      [2000, 250],
+      [3000, null],
+    ]);
+    expect(s.retries).toEqual([
+      [2000, 3],
+      [3000, 0],
+    ]);
+  });
+
   it("divides by the real interval between snapshots", () => {
     const h = new History();
     h.push(snap([flow({ received: 0 })]), 0);
@@ -111,10 +128,12 @@ describe("History", () => {
     const h = new History();
     h.push(snap([flow({ received: 0 })]), 1000);
     h.push(snap([flow({ received: 100 })]), 11000);
-    expect(h.flowSeries("users").received).toEqual([
+    const s = h.flowSeries("users");
+    expect(s.received).toEqual([
       [1001, null],
       [11000, 10],
     ]);
+    expect(s.written.map(([, v]) => v)).toEqual([null, 0]);
   });
 
   it("keeps latency per destination, nulls for no batch yet", () => {
@@ -168,6 +187,8 @@ describe("History", () => {
       received: [],
       written: [],
       deadLettered: [],
+      retries: [],
+      pending: [],
       latency: {},
     });
   });

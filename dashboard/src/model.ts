@@ -59,6 +59,8 @@ export interface FlowSeries {
   received: Point[]; // events/s taken from the source
   written: Point[]; // events/s applied, summed over destinations
   deadLettered: Point[]; // events/s stored as dead letters
+  retries: Point[]; // write attempts repeated per second (a destination failing)
+  pending: Point[]; // lag: JetStream messages not yet delivered or not yet acked
   latency: Record<string, Point[]>; // per destination: last batch write time, ms
 }
 
@@ -116,7 +118,14 @@ export class History {
   }
 
   flowSeries(name: string): FlowSeries {
-    const out: FlowSeries = { received: [], written: [], deadLettered: [], latency: {} };
+    const out: FlowSeries = {
+      received: [],
+      written: [],
+      deadLettered: [],
+      retries: [],
+      pending: [],
+      latency: {},
+    };
     let prev: { t: number; flow: FlowSnapshot } | null = null;
     for (const { t, snapshot } of this.samples) {
       const flow = snapshot.flows.find((f) => f.name === name);
@@ -127,20 +136,20 @@ export class History {
       for (const d of flow.destinations) {
         (out.latency[d.name] ??= []).push([t, d.last_batch_latency_ms]);
       }
+      out.pending.push([t, flow.consumer_pending]);
       if (prev) {
         const seconds = (t - prev.t) / 1000;
-        if (seconds > GAP_S) {
-          const mid = prev.t + 1;
-          out.received.push([mid, null]);
-          out.written.push([mid, null]);
-          out.deadLettered.push([mid, null]);
+        const rates: [Point[], keyof FlowSnapshot][] = [
+          [out.received, "received"],
+          [out.written, "written"],
+          [out.deadLettered, "dead_lettered"],
+          [out.retries, "retries"],
+        ];
+        for (const [series, key] of rates) {
+          if (seconds > GAP_S) series.push([prev.t + 1, null]);
+          const before = prev.flow[key] as number;
+          series.push([t, round1(rate(before, flow[key] as number, seconds))]);
         }
-        out.received.push([t, round1(rate(prev.flow.received, flow.received, seconds))]);
-        out.written.push([t, round1(rate(prev.flow.written, flow.written, seconds))]);
-        out.deadLettered.push([
-          t,
-          round1(rate(prev.flow.dead_lettered, flow.dead_lettered, seconds)),
-        ]);
       }
       prev = { t, flow };
     }

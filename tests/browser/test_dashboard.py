@@ -110,6 +110,11 @@ def test_live_counters_charts_and_screenshots(
         assert float(chart.get_attribute("data-peak-written") or 0) > 0
         assert float(chart.get_attribute("data-peak-received") or 0) > 0
         assert int(page.get_by_test_id("chart-latency").get_attribute("data-destinations")) == 1
+        assert int(page.get_by_test_id("chart-lag").get_attribute("data-points") or 0) >= 3
+        errors_chart = page.get_by_test_id("chart-errors")
+        # The page keeps one history across client-side navigation: the two dead letters
+        # written while the overview was shown are in this chart too.
+        assert float(errors_chart.get_attribute("data-peak-dead-lettered") or 0) > 0
         assert number(page, "stat-written") >= 40
         screenshot(page, shots, "dashboard-flow")
 
@@ -165,7 +170,8 @@ def test_pause_resume_and_reset_from_the_page(
     assert page.evaluate("sessionStorage.getItem('cdcsync.token')") == TOKEN
 
     world.publish("users", world.events("users", range(30, 80)))
-    page.wait_for_timeout(2500)  # 2-3 snapshots: the paused flow writes nothing
+    wait_counter(page, "flow-pending-users", 50, 8.0)  # held in the stream, counted as lag
+    page.wait_for_timeout(1500)  # more snapshots: the paused flow writes nothing
     assert number(page, "flow-written-users") == 30
     assert world.ids("users") == list(range(30))
     expect(page.get_by_test_id("flow-toggle-users")).to_have_text("▶ Resume")

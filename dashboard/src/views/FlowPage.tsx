@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { type DeadLetter, deadLetters } from "../api";
-import { COLORS, EChart, type LineSpec, lineOption, peak } from "../charts";
+import { COLORS, EChart, type LineSpec, lineOption, peak, timeRange } from "../charts";
 import { Badge, Link, PauseButton, Stat } from "../components";
 import {
   type DestinationSnapshot,
@@ -28,16 +28,43 @@ export function FlowPage({
 }) {
   // `tick` is the change signal of the mutable history.
   const series = useMemo(() => history.flowSeries(name), [history, name, tick]);
+  const range = timeRange(series.pending); // one point per snapshot: the whole window
   const throughput = useMemo(
     () =>
       lineOption(
         [
           { name: "received", data: series.received, color: COLORS.received, area: true },
           { name: "written", data: series.written, color: COLORS.written },
-          { name: "dead-lettered", data: series.deadLettered, color: COLORS.dead },
         ],
         dark,
         "events/s",
+        true,
+        range,
+      ),
+    [series, dark],
+  );
+  const lag = useMemo(
+    () =>
+      lineOption(
+        [{ name: "pending", data: series.pending, color: COLORS.lag, area: true }],
+        dark,
+        "messages",
+        false,
+        range,
+      ),
+    [series, dark],
+  );
+  const errors = useMemo(
+    () =>
+      lineOption(
+        [
+          { name: "dead-lettered", data: series.deadLettered, color: COLORS.dead },
+          { name: "write retries", data: series.retries, color: COLORS.retries },
+        ],
+        dark,
+        "per s",
+        true,
+        range,
       ),
     [series, dark],
   );
@@ -47,7 +74,7 @@ export function FlowPage({
       data,
       color: i === 0 ? COLORS.written : COLORS.extra[(i - 1) % COLORS.extra.length],
     }));
-    return lineOption(lines, dark, "ms");
+    return lineOption(lines, dark, "ms", true, range);
   }, [series, dark]);
 
   if (!flow) {
@@ -127,6 +154,34 @@ export function FlowPage({
               points: series.written.length,
               "peak-received": peak(series.received),
               "peak-written": peak(series.written),
+            }}
+          />
+        </section>
+        <section className="card">
+          <h2>
+            Lag<span className="unit">messages pending in JetStream</span>
+          </h2>
+          <EChart
+            option={lag}
+            height={220}
+            label="messages pending for the flow's consumer"
+            testId="chart-lag"
+            summary={{ points: series.pending.length, peak: peak(series.pending) }}
+          />
+        </section>
+        <section className="card">
+          <h2>
+            Errors<span className="unit">per second</span>
+          </h2>
+          <EChart
+            option={errors}
+            height={220}
+            label="dead letters and write retries per second"
+            testId="chart-errors"
+            summary={{
+              points: series.retries.length,
+              "peak-dead-lettered": peak(series.deadLettered),
+              "peak-retries": peak(series.retries),
             }}
           />
         </section>
