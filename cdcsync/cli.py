@@ -230,7 +230,11 @@ def _demo(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         config=args.config,
     )
-    return _reporting("demo", lambda: demo.run(options))
+    try:
+        return demo.run(options)
+    except CdcSyncError as exc:  # e.g. a broken --config, or a database it may not create
+        print(f"cdcsync demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def _load(path: str) -> config.Config | None:

@@ -333,6 +333,12 @@ async def _serve(cfg: config_mod.Config, servers: _Servers, shop: Shop, opts: De
     }
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def run(opts: DemoOptions) -> int:
     """The demo, start to clean stop; exit code 0 after Ctrl-C or SIGTERM."""
     if opts.keep_data:
@@ -383,6 +389,13 @@ def run(opts: DemoOptions) -> int:
         return 1
     except (asyncpg.PostgresError, OSError) as exc:
         print(f"cdcsync demo: cannot set up the demo's tables: {exc}", file=opts.err)
+        return 1
+    except BaseExceptionGroup as group:  # from trio.run: e.g. the API port is taken
+        leaves = _leaves(group)
+        if not all(isinstance(e, (OSError, CdcSyncError)) for e in leaves):
+            raise
+        for exc in leaves:
+            print(f"cdcsync demo: cannot start cdcsync: {exc}", file=opts.err)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
