@@ -58,7 +58,7 @@ SPEC: dict[str, Any] = {
         "/api/stats": _get("Counters and rates per flow and destination"),
         "/api/stats/reset": _post("Zero every counter; returns the new stats"),
         "/api/stream": _get(
-            "Server-Sent Events: one /api/stats snapshot per second",
+            "Server-Sent Events: one /api/stats snapshot (plus `system`) per second",
             {"text/event-stream": {"schema": {"type": "string"}}},
         ),
         "/api/system": _get("Process CPU, memory, connections, uptime, version"),
