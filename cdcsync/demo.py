@@ -263,7 +263,7 @@ async def _publish(
                     trouble = [
                         f"flow {s['name']} {s['status']}: {s['last_error']}"
                         for s in stats
-                        if s["status"] not in ("running", "starting")
+                        if s["status"] in ("degraded", "failed", "standby")
                     ]
                     progress.note(
                         "  ".join([f"written {written:,}  dead letters {dead:,}", *trouble])
