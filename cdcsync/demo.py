@@ -360,6 +360,7 @@ def run(opts: DemoOptions) -> int:
             text = _config_text(servers, opts.prefix, port)
             config_path = state / "cdcsync-demo.yaml"
             config_path.write_text(text, encoding="utf-8")
+            config_path.chmod(0o600)  # it holds the servers' URLs, passwords included
             cfg = config_mod.loads(text, str(config_path))
             shop = Shop(opts.prefix, seed=opts.seed, start_id=start_id)
             db = urllib.parse.urlsplit(servers.shop_url).path.lstrip("/")
