@@ -30,9 +30,11 @@ interface EChartProps {
   /** Exposed as data-* attributes: what the chart currently shows, for tests and a11y. */
   summary?: Record<string, string | number>;
   label: string;
+  /** Shown over the chart instead of bare axes while there is nothing to draw. */
+  empty?: string | null;
 }
 
-export function EChart({ option, height, testId, summary, label }: EChartProps) {
+export function EChart({ option, height, testId, summary, label, empty }: EChartProps) {
   const box = useRef<HTMLDivElement>(null);
   const chart = useRef<echarts.ECharts | null>(null);
 
@@ -57,16 +59,24 @@ export function EChart({ option, height, testId, summary, label }: EChartProps) 
   const data: Record<string, string> = {};
   for (const [k, v] of Object.entries(summary ?? {})) data[`data-${k}`] = String(v);
   return (
-    <div
-      ref={box}
-      className="chart"
-      style={{ height }}
-      role="img"
-      aria-label={label}
-      data-testid={testId}
-      {...data}
-    />
+    <div className="chart-box" style={{ height }}>
+      <div
+        ref={box}
+        className="chart"
+        style={{ height }}
+        role="img"
+        aria-label={label}
+        data-testid={testId}
+        {...data}
+      />
+      {empty && <div className="chart-empty">{empty}</div>}
+    </div>
   );
+}
+
+/** True when no series has a single value to draw. */
+export function allEmpty(...series: Point[][]): boolean {
+  return series.every((points) => points.every(([, v]) => v === null));
 }
 
 export interface LineSpec {

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { type DeadLetter, deadLetters } from "../api";
-import { COLORS, EChart, type LineSpec, lineOption, peak, timeRange } from "../charts";
+import { COLORS, EChart, type LineSpec, allEmpty, lineOption, peak, timeRange } from "../charts";
 import { Badge, Link, PauseButton, Stat } from "../components";
 import {
   type DestinationSnapshot,
@@ -150,6 +150,7 @@ export function FlowPage({
             height={220}
             label="received and written events per second"
             testId="chart-throughput"
+            empty={series.written.length === 0 ? "Waiting for a second snapshot…" : null}
             summary={{
               points: series.written.length,
               "peak-received": peak(series.received),
@@ -166,6 +167,9 @@ export function FlowPage({
             height={220}
             label="messages pending for the flow's consumer"
             testId="chart-lag"
+            empty={
+              allEmpty(series.pending) ? "No figure: core NATS, or the flow is not running" : null
+            }
             summary={{ points: series.pending.length, peak: peak(series.pending) }}
           />
         </section>
@@ -194,6 +198,7 @@ export function FlowPage({
             height={220}
             label="last batch write time per destination"
             testId="chart-latency"
+            empty={allEmpty(...Object.values(series.latency)) ? "No batch written yet" : null}
             summary={{
               destinations: Object.keys(series.latency).length,
               peak: Math.max(0, ...Object.values(series.latency).map(peak)),
