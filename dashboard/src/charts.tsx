@@ -179,9 +179,14 @@ export function peak(points: Point[]): number {
   return m;
 }
 
-/** First and last time of a series (null when empty): the shared range of a page's charts. */
+/**
+ * First and last time of a series: the shared range of a page's charts. Null (each chart
+ * picks its own) below two seconds, where a fixed range would zoom out to days.
+ */
 export function timeRange(points: Point[]): [number, number] | null {
-  return points.length ? [points[0][0], points[points.length - 1][0]] : null;
+  if (points.length < 2) return null;
+  const range: [number, number] = [points[0][0], points[points.length - 1][0]];
+  return range[1] - range[0] >= 2000 ? range : null;
 }
 
 /** The newest non-null value of a series, or null. */

@@ -129,6 +129,8 @@ def test_live_counters_charts_and_screenshots(
             screenshot(small, shots, "dashboard-phone")
             small.goto(f"{api}/flows/orders")  # a client route loaded directly
             expect(small.get_by_test_id("dest-row-primary")).to_be_visible()
+            small.wait_for_timeout(4000)  # a freshly loaded page: a few snapshots for the charts
+            assert int(small.get_by_test_id("chart-throughput").get_attribute("data-points")) >= 2
             assert no_horizontal_scroll(small)
             screenshot(small, shots, "dashboard-phone-flow", keep=False)
         finally:
