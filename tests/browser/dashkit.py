@@ -57,10 +57,11 @@ T = TypeVar("T")
 
 
 def screenshot(page: Any, shots: Path, name: str, keep: bool = True) -> Path:
-    """Full-page PNG into the test's tmp dir, and a copy in docs/img/ when ``keep``."""
+    """Full-page PNG into the test's tmp dir; with CDCSYNC_UPDATE_SCREENSHOTS=1 and ``keep``,
+    also a copy in docs/img/ (only on request, so a test run leaves the checkout clean)."""
     path = shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if keep and SCREENSHOTS_KEPT.is_dir():
+    if keep and os.environ.get("CDCSYNC_UPDATE_SCREENSHOTS") == "1" and SCREENSHOTS_KEPT.is_dir():
         shutil.copyfile(path, SCREENSHOTS_KEPT / path.name)
     return path
 
