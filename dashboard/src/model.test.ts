@@ -255,13 +255,17 @@ describe("status and problems", () => {
     expect(flowProblems(flow({ status: "paused", last_error: "old" }))).toEqual([]);
   });
 
-  it("sums totals and counts flows that are neither running nor paused", () => {
+  it("sums totals and counts degraded, failed and stopped flows as unhealthy", () => {
     const t = totals([
       flow({ received: 10, written: 8, dead_lettered: 2 }),
       flow({ name: "b", status: "paused", received: 5, written: 5 }),
       flow({ name: "c", status: "degraded", received: 1 }),
+      flow({ name: "d", status: "running", paused: true }),
+      flow({ name: "e", status: "starting" }),
+      flow({ name: "f", status: "standby" }),
+      flow({ name: "g", status: "failed" }),
     ]);
-    expect(t).toEqual({ received: 16, written: 13, deadLettered: 2, unhealthy: 1 });
+    expect(t).toEqual({ received: 16, written: 13, deadLettered: 2, unhealthy: 2 });
   });
 });
 

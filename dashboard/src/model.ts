@@ -253,7 +253,10 @@ export function totals(flows: FlowSnapshot[]): {
     received += f.received;
     written += f.written;
     deadLettered += f.dead_lettered;
-    if (f.status !== "running" && f.status !== "paused") unhealthy += 1;
+    // The same rule as the badge colour: starting, standby and paused (or pausing) are not
+    // trouble; degraded, failed and stopped are.
+    const tone = statusTone(f.status);
+    if (tone === "warn" || tone === "bad") unhealthy += 1;
   }
   return { received, written, deadLettered, unhealthy };
 }
