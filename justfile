@@ -27,7 +27,7 @@ lint:
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
 
-# end-to-end benchmark, one table + bench/results/*.json (~7 min); `just bench --quick`: smoke run (<1 min)
+# end-to-end benchmark, one table + bench/results/*.json (5-9 min); `just bench --quick`: smoke run (<1 min)
 bench *args:
     scripts/dev bench {{args}}
 

@@ -59,7 +59,7 @@ REPEATED = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--events", type=int, help="events in the backlog (default 1,000,000; quick 20,000)"
+        "--events", type=int, help="events in the backlog (default 500,000; quick 20,000)"
     )
     p.add_argument(
         "--quick", action="store_true", help="the smoke run: small, once, under a minute"
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "quick: none; an empty value skips the phase)",
     )
     p.add_argument(
-        "--sweep-events", type=int, help="events per sweep run (default min(events, 200000))"
+        "--sweep-events", type=int, help="events per sweep run (default min(events, 100000))"
     )
     p.add_argument("--only", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--seed", type=int, default=42)
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--repeat",
         type=int,
-        help="run each throughput phase N times, report the best (default 2; quick 1)",
+        help="run each throughput phase N times, report the best (default 1)",
     )
     p.add_argument(
         "--wait-quiet",
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     if args.events is None:
-        args.events = 20_000 if quick else 1_000_000
+        args.events = 20_000 if quick else 500_000
     if args.naive_events is None:
         args.naive_events = 5_000 if quick else 20_000
     if args.latency_seconds is None:
@@ -130,11 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.wait_budget is None:
         args.wait_budget = 4.0 if quick else 90.0
     if args.repeat is None:
-        args.repeat = 1 if quick else 2
+        args.repeat = 1
     if args.keys is None:
         args.keys = max(1000, min(50_000, args.events // 4))
     if args.sweep_events is None:
-        args.sweep_events = min(args.events, 200_000)
+        args.sweep_events = min(args.events, 100_000)
     if args.sweep is None:
         args.sweep = "" if quick else "100,500,1000,2000,5000"
     args.sweep_sizes = [int(s) for s in args.sweep.split(",") if s.strip()]
