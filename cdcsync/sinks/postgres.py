@@ -201,21 +201,29 @@ class PostgresSink:
         self._dl_insert = sql.dead_letter_sql(options.schema)
         self._lock_key = f"cdcsync:{flow}:{name}"
         self._stale_is_data = False
+        # Why the last connection attempt failed: a write with no connection says so, so
+        # the flow's last_error names the cause (e.g. connection refused), not just
+        # "not connected".
+        self._connect_error: str | None = None
 
     # --- Trio side -----------------------------------------------------------------------
 
     async def connect(self) -> bool:
         """Connect and try to become the writer; False when another instance holds the lock."""
         try:
-            return await aio(self._aio_connect)
+            connected = await aio(self._aio_connect)
         except (
             asyncpg.InvalidAuthorizationSpecificationError,
             asyncpg.InvalidPasswordError,
         ) as exc:
-            raise FatalSinkError(_describe(exc)) from exc
+            self._connect_error = _describe(exc)
+            raise FatalSinkError(self._connect_error) from exc
         except Exception as exc:
             # Anything else (unreachable, starting up, database not created yet): retry.
-            raise RetryableSinkError(_describe(exc)) from exc
+            self._connect_error = _describe(exc)
+            raise RetryableSinkError(self._connect_error) from exc
+        self._connect_error = None
+        return connected
 
     async def prepare(self, stream: tuple[str, str] | None) -> int | None:
         """Create the system tables, check mapped tables, and return the checkpoint.
@@ -598,7 +606,8 @@ class PostgresSink:
         started = time.perf_counter()
         conn = self._conn
         if conn is None or conn.is_closed():
-            raise asyncpg.ConnectionDoesNotExistError("not connected")
+            cause = f" (last attempt: {self._connect_error})" if self._connect_error else ""
+            raise asyncpg.ConnectionDoesNotExistError(f"not connected to PostgreSQL{cause}")
         checkpointed = self._stream is not None
         last = self._checkpoint or 0
         todo: list[Item] = []

@@ -7,6 +7,7 @@ http://<api>/ (the same process serves the UI) and reads what an operator would 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -221,6 +222,10 @@ def test_stopped_postgres_turns_the_flow_degraded_with_the_reason(
         assert error.strip() not in ("", "\N{EN DASH}")
         api_error = api_stats(api)["users"]["destinations"][0]["last_error"]
         assert api_error, "the API reports no error while the page shows one"
+        # Once a reconnect has failed, the error names the cause, not just "not connected".
+        expect(page.get_by_test_id("dest-error-primary")).to_contain_text(
+            re.compile("refused|connect call failed", re.IGNORECASE), timeout=20_000
+        )
         problems = page.get_by_test_id("flow-problems")
         expect(problems).to_contain_text("destination primary is failing")
         page.wait_for_timeout(1500)
