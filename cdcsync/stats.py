@@ -113,6 +113,7 @@ class FlowStats:
     received: int = 0
     acked: int = 0
     restarts: int = 0
+    dropped: int = 0  # core NATS only: shed because the flow could not keep up
     last_error: str | None = None
     pending: int | None = None
     jetstream: bool = False
@@ -131,6 +132,7 @@ class FlowStats:
             "status": self.status,
             "received": self.received,
             "acked": self.acked,
+            "dropped": self.dropped,
             "written": sum(d["written"] for d in dests),
             "dead_lettered": sum(d["dead_lettered"] for d in dests),
             "failed_batches": sum(d["failed_batches"] for d in dests),
@@ -143,7 +145,7 @@ class FlowStats:
         }
 
     def reset(self) -> None:
-        self.received = self.acked = self.restarts = 0
+        self.received = self.acked = self.restarts = self.dropped = 0
         self.last_error = None
         self.rate.reset()
         for d in self.destinations.values():

@@ -181,6 +181,7 @@ class Env:
         extra_dest: str = "",
         batch: str = "{max_size: 1000, max_delay_ms: 20}",
         subject: str | None = None,
+        source_extra: str = "",
     ) -> str:
         """One flow reading ``{unique}.{name}.>`` into this test's schema."""
         subject = subject or f"{self.subject(name)}.>"
@@ -209,7 +210,7 @@ class Env:
       type: nats
       servers: ["{self.nats_url}"]
       subject: "{subject}"{js}
-      format: {fmt}
+      format: {fmt}{source_extra}
     batch: {batch}
     destinations:{dest_yaml}
 """

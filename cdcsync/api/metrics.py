@@ -47,6 +47,12 @@ def render(flows: Sequence[Flow], uptime_s: float) -> str:
             "acked",
         ),
         (
+            "cdcsync_messages_dropped_total",
+            "counter",
+            "Core NATS messages shed because the flow could not keep up (at-most-once).",
+            "dropped",
+        ),
+        (
             "cdcsync_flow_restarts_total",
             "counter",
             "Times the flow's pipeline was restarted after a failure.",

@@ -58,6 +58,7 @@ class Flow:
         src_spec = registry.sources()[config.source.type]
         self.source: Any = src_spec.factory(config.name, config.source.options)
         self.stats.jetstream = bool(getattr(self.source, "jetstream", False))
+        self._dropped_seen = 0
         self.sinks: list[Any] = []
         for dest in sorted(config.destinations, key=lambda d: d.name):
             spec = registry.destinations()[dest.type]
@@ -295,7 +296,14 @@ class Flow:
     async def _poll_pending(self) -> None:
         while True:
             self.stats.pending = await self.source.pending()
+            self._count_dropped()
             await trio.sleep(2)
+
+    def _count_dropped(self) -> None:
+        """Carry the source's shed-message count (core NATS) into the flow's statistics."""
+        dropped = int(getattr(self.source, "dropped", 0) or 0)
+        self.stats.dropped += max(0, dropped - self._dropped_seen)
+        self._dropped_seen = dropped
 
     def describe(self) -> dict[str, Any]:
         """Configuration with secrets redacted, for the API."""

@@ -384,6 +384,10 @@ class NatsSource:
             first.set_result(exc)
             return
         if isinstance(exc, nats.errors.SlowConsumerError):
+            if self.options.jetstream is None:
+                # Core NATS is at-most-once: nats-py shed one message; count it, go on.
+                self.dropped += 1
+                return
             self._fail(SourceError("nats-py dropped messages (slow consumer)"))
             return
         log.warning("nats error", flow=self.flow, error=repr(exc))

@@ -140,3 +140,33 @@ async def test_dead_letters_endpoint_lists_newest_with_reasons(
     assert letters[0]["flow"] == "f" and letters[0]["destination"] == "primary"
     assert missing.status_code == 404
     assert len(limited["dead_letters"]) == 1
+
+
+async def test_core_nats_drops_are_counted_not_hidden(env: Env, nursery: trio.Nursery) -> None:
+    """A core NATS flow that cannot keep up sheds messages (at-most-once) and says how many:
+    every published message is either a row or counted in `dropped` and in /metrics."""
+    await env.create_schema(TABLE)
+    published = 20_000
+    flow = env.flow_yaml(jetstream=False, source_extra="\n      buffer: 50")
+    async with env.running(env.config(flow), nursery) as running:
+        payloads = [envelope("items", "insert", {"id": i, "name": "n"}) for i in range(published)]
+        await env.publish(env.subject() + ".x", payloads, jetstream=False)
+        async with httpx.AsyncClient(base_url=running.api) as client:
+            snap: dict = {}
+
+            async def settled() -> bool:
+                nonlocal snap
+                snap = (await client.get("/api/stats")).json()["flows"][0]
+                return snap["written"] + snap["dropped"] == published
+
+            await wait_until(settled, timeout=30, what="written + dropped == published")
+            metrics = (await client.get("/metrics")).text
+    assert snap["dropped"] > 0, snap  # 20,000 at once cannot fit through a buffer of 50
+    assert await env.count("items") == snap["written"]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert samples[("cdcsync_messages_dropped_total", (("flow", "f"),))] == snap["dropped"]
+    assert snap["restarts"] == 0, snap  # shedding load is not a failure
