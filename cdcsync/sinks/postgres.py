@@ -12,27 +12,24 @@ are Trio and cross the bridge once per call.
 
 from __future__ import annotations
 
-import contextlib
-import decimal
-import json
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
-import strictyaml as sy
 import structlog
 
 from cdcsync.bridge import aio
-from cdcsync.config import EnvBool, EnvEnum, EnvStr, described, redact_url, scrub, url_secrets
+from cdcsync.config import redact_url, scrub, url_secrets
 from cdcsync.errors import FatalSinkError, RetryableSinkError
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Item, WriteResult
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks import sql
-from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
+from cdcsync.sinks.compaction import Kind, TablePlan, plan
+from cdcsync.sinks.postgres_options import SCHEMA, PostgresOptions, parse_options
+from cdcsync.sinks.values import BadValue, canonical_key, rows_json
 
 __all__ = ["SPEC", "PostgresOptions", "PostgresSink", "is_retryable"]
 
@@ -42,44 +39,6 @@ log = structlog.get_logger("cdcsync.sinks.postgres")
 _RETRY_CLASSES = {"08", "40", "53", "57", "58", "XX"}
 _RETRY_STATES = {"55P03", "55006", "25006"}  # lock not available, object in use, read-only txn
 _STALE_CATALOG = {"42P01", "42703"}  # undefined table / column: our cached catalog is old
-
-
-@dataclass(frozen=True)
-class PostgresOptions:
-    url: str
-    schema: str = "public"
-    conflict_resolution: Mode = Mode.UPSERT
-    tables: dict[str, str] = field(default_factory=dict)
-    truncate: bool = False
-    connect_timeout_s: float = 10.0
-
-    def redacted(self) -> dict[str, Any]:
-        return {
-            "url": redact_url(self.url),
-            "schema": self.schema,
-            "conflict_resolution": self.conflict_resolution.value,
-            "tables": dict(self.tables),
-            "truncate": self.truncate,
-        }
-
-
-def _parse(data: dict[str, Any]) -> PostgresOptions:
-    url = data["url"]
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise ValueError(f"url {redact_url(url)!r} must start with postgresql://")
-    for secret in url_secrets(url):
-        if any(ch in secret for ch in "/#?@"):
-            raise ValueError(
-                f"url {redact_url(url)!r}: the password contains '/', '#', '?' or '@'; "
-                f"percent-encode it (%2F, %23, %3F, %40)"
-            )
-    return PostgresOptions(
-        url=url,
-        schema=data["schema"],
-        conflict_resolution=Mode(data["conflict_resolution"]),
-        tables=dict(data.get("tables") or {}),
-        truncate=data["truncate"],
-    )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -109,68 +68,6 @@ def _describe(exc: BaseException, url: str = "") -> str:
         text = f"{type(exc).__name__}: {exc}"
     text = text.replace("\x00", "")
     return scrub(text, url_secrets(url)) if url else text
-
-
-_INT_TYPES = {"smallint", "integer", "bigint"}
-
-
-def _canonical(value: Any, pg_type: str) -> Any:
-    """One spelling per key value, so ``7`` and ``"7"`` compact as the same row.
-
-    Only spellings that PostgreSQL itself reads as the same key are unified (``7``
-    and ``" 7"`` for an integer, ``7`` and ``"7.00"`` for a numeric); anything else
-    keeps its type in the key, so ``true`` or ``1.0`` never fold into key ``1``.
-    Only used to group events by key; the values sent to PostgreSQL are the event's own.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return ("bool", value)
-    try:
-        if pg_type in _INT_TYPES:
-            if isinstance(value, int):
-                return value
-            if isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    return int(value.strip())
-        elif pg_type.startswith("numeric") and isinstance(
-            value, (int, float, str, decimal.Decimal)
-        ):
-            with contextlib.suppress(ArithmeticError, ValueError):
-                return ("n", decimal.Decimal(str(value).strip()).normalize())
-        elif pg_type == "uuid" and isinstance(value, str):
-            return ("uuid", value.strip().lower().replace("-", ""))
-        elif pg_type.startswith(("text", "character")) and isinstance(value, (int, float)):
-            return str(value)
-    except (ArithmeticError, ValueError):
-        pass
-    return (type(value).__name__, value) if not isinstance(value, str) else value
-
-
-def _exact(value: Any) -> Any:
-    """Exact numbers (see events.py) travel as JSON strings; PostgreSQL parses them exactly."""
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
-class _BadValue(Exception):
-    """A value cdcsync itself cannot pass on (e.g. JSON nested too deep to serialize)."""
-
-
-def _json(rows: list[dict[str, Any]]) -> str:
-    """Rows as one JSON document for ``json_populate_recordset``.
-
-    orjson stops at 255 levels of nesting; the standard library goes deeper, and
-    past that the value is bad data for its event, not a reason to stop the flow.
-    """
-    try:
-        return orjson.dumps(rows, default=_exact).decode()
-    except TypeError:
-        try:
-            return json.dumps(rows, ensure_ascii=False, allow_nan=False, default=_exact)
-        except (RecursionError, TypeError, ValueError) as exc:
-            raise _BadValue(f"value cannot be serialized: {type(exc).__name__}: {exc}") from None
 
 
 class _StaleCatalog(Exception):
@@ -485,7 +382,7 @@ class PostgresSink:
                 data = {c: v for c, v in data.items() if not cols[c].generated}
                 ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
             try:
-                key = tuple(_canonical(data[c], cols[c].type) for c in info.key)
+                key = tuple(canonical_key(data[c], cols[c].type) for c in info.key)
                 hash(key)
             except KeyError:
                 missing = [c for c in info.key if c not in data]
@@ -546,7 +443,7 @@ class PostgresSink:
             ]
             if keys:
                 stmt = self._sql(("delete", name, info.key), sql.delete_sql, info)
-                await conn.execute(stmt, _json(keys))
+                await conn.execute(stmt, rows_json(keys))
         for name in order:
             info = tables[name]
             groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
@@ -568,7 +465,7 @@ class PostgresSink:
                     cols,
                     keep,
                 )
-                await conn.execute(stmt, _json(rows))
+                await conn.execute(stmt, rows_json(rows))
 
     def _data_error(self, exc: Exception) -> str:
         """Why the events failed, when it is their data's fault; re-raises anything else.
@@ -576,7 +473,7 @@ class PostgresSink:
         Retryable errors go up to be retried whole; an undefined table or column first
         means our cached catalog is stale (until ``_stale_is_data``).
         """
-        if isinstance(exc, _BadValue):
+        if isinstance(exc, BadValue):
             return str(exc)
         if is_retryable(exc):
             raise exc
@@ -592,7 +489,7 @@ class PostgresSink:
             async with conn.transaction():
                 await self._aio_execute(group)
             return len(group)
-        except (_BadValue, asyncpg.PostgresError) as exc:
+        except (BadValue, asyncpg.PostgresError) as exc:
             reason = self._data_error(exc)
             if len(group) == 1:
                 dead.append((group[0].item, reason))
@@ -655,7 +552,7 @@ class PostgresSink:
                         await self._aio_execute(resolved)
                     await self._aio_finish(dead, last)
                 return len(resolved)
-            except (_BadValue, asyncpg.PostgresError) as exc:
+            except (BadValue, asyncpg.PostgresError) as exc:
                 self._data_error(exc)
         async with conn.transaction():
             written = await self._aio_apply_split(resolved, dead) if resolved else 0
@@ -681,45 +578,12 @@ class PostgresSink:
             await conn.execute(self._cp_upsert, self.flow, self.name, stream, created, last)
 
 
-_SCHEMA = {
-    "url": described(
-        EnvStr(),
-        "libpq-style URL `postgresql://user:password@host:port/db?sslmode=...`; "
-        "percent-encode `/ # ? @` in the password. Redacted wherever cdcsync prints it.",
-        example='"postgresql://cdcsync:${PGPASSWORD}@db:5432/app?sslmode=require"',
-    ),
-    sy.Optional("schema", default="public"): described(
-        EnvStr(),
-        "Schema of the target tables, and where cdcsync creates `cdcsync_checkpoints` and "
-        "`cdcsync_dead_letters`. The schema itself must exist.",
-        example="replica",
-    ),
-    sy.Optional("conflict_resolution", default="upsert"): described(
-        EnvEnum("upsert", "replace", "ignore"),
-        "`upsert`: write only the columns present in the event; `replace`: the row becomes "
-        "exactly the event's data; `ignore`: leave an existing row untouched. See "
-        "docs/semantics.md.",
-        example="replace",
-    ),
-    sy.Optional("tables"): described(
-        sy.MapPattern(EnvStr(), EnvStr()),
-        "Event table name to target table name. Mapped tables are checked at start-up "
-        "(they must exist and have a key); other names are used as they are.",
-        example="{users: app_users}",
-    ),
-    sy.Optional("truncate", default=False): described(
-        EnvBool(),
-        "Apply Debezium truncate events (`op: t`) as `TRUNCATE`; `false`: skip them.",
-        example="true",
-    ),
-}
-
 SPEC = ComponentSpec(
     name="postgres",
     kind="destination",
     summary="Apply change events to PostgreSQL tables, one transaction per batch.",
-    schema=_SCHEMA,
-    parse=_parse,
+    schema=SCHEMA,
+    parse=parse_options,
     factory=PostgresSink,
     example="""\
       - name: primary

@@ -20,22 +20,21 @@ import operator
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
-import strictyaml as sy
 import structlog
 import trio
 from nats.js import api as js_api
 
 from cdcsync.bridge import aio
-from cdcsync.config import EnvBool, EnvEnum, EnvInt, EnvStr, described, redact_url
+from cdcsync.config import redact_url
 from cdcsync.errors import SourceError
 from cdcsync.flow.batch import Delivery
 from cdcsync.registry import ComponentSpec
+from cdcsync.sources.nats_options import SCHEMA, JetStreamOptions, NatsOptions, parse_options
 
 __all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource", "connect_fast"]
 
@@ -44,99 +43,6 @@ log = structlog.get_logger("cdcsync.sources.nats")
 _ACK = b"+ACK"
 _WPI = b"+WPI"
 _stream_seq = operator.attrgetter("seq")
-
-
-@dataclass(frozen=True)
-class JetStreamOptions:
-    stream: str
-    durable: str
-    max_ack_pending: int = 20_000
-    ack_wait_s: int = 60
-    deliver: str = "all"
-    create_stream: bool = True
-
-
-@dataclass(frozen=True)
-class NatsOptions:
-    servers: tuple[str, ...]
-    subject: str
-    jetstream: JetStreamOptions | None = None
-    format: str = "auto"
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds: str | None = None
-    nkey_seed: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    buffer: int = 20_000
-    max_message_bytes: int = 8 * 1024 * 1024
-
-    def redacted(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "servers": [redact_url(s) for s in self.servers],
-            "subject": self.subject,
-            "format": self.format,
-            "jetstream": None,
-        }
-        if self.jetstream is not None:
-            js = self.jetstream
-            out["jetstream"] = {
-                "stream": js.stream,
-                "durable": js.durable,
-                "max_ack_pending": js.max_ack_pending,
-                "ack_wait_s": js.ack_wait_s,
-                "deliver": js.deliver,
-            }
-        for secret in ("password", "token", "nkey_seed"):
-            if getattr(self, secret):
-                out[secret] = "***"
-        if self.user:
-            out["user"] = self.user
-        return out
-
-
-def _parse(data: dict[str, Any]) -> NatsOptions:
-    servers = tuple(data["servers"])
-    if not servers:
-        raise ValueError("servers must list at least one nats:// URL")
-    for s in servers:
-        if "://" not in s:
-            raise ValueError(f"server {redact_url(s)!r} must be a URL like nats://host:4222")
-    js = None
-    if "jetstream" in data and data["jetstream"] is not None:
-        j = data["jetstream"]
-        js = JetStreamOptions(
-            stream=j["stream"],
-            durable=j["durable"],
-            max_ack_pending=j["max_ack_pending"],
-            ack_wait_s=j["ack_wait_s"],
-            deliver=j["deliver"],
-            create_stream=j["create_stream"],
-        )
-        for label, value in (("stream", js.stream), ("durable", js.durable)):
-            if not value or any(ch in value for ch in " .*>\t"):
-                raise ValueError(
-                    f"jetstream.{label} {value!r} must not contain spaces, '.', '*', '>'"
-                )
-    tls = data.get("tls") or {}
-    return NatsOptions(
-        servers=servers,
-        subject=data["subject"],
-        jetstream=js,
-        format=data["format"],
-        user=data.get("user"),
-        password=data.get("password"),
-        token=data.get("token"),
-        creds=data.get("creds"),
-        nkey_seed=data.get("nkey_seed"),
-        tls_ca=tls.get("ca"),
-        tls_cert=tls.get("cert"),
-        tls_key=tls.get("key"),
-        buffer=data["buffer"],
-        max_message_bytes=data["max_message_bytes"],
-    )
 
 
 _STREAM_LOCK: trio.lowlevel.RunVar[trio.Lock] = trio.lowlevel.RunVar("cdcsync_stream_lock")
@@ -524,133 +430,12 @@ class NatsSource:
                 pass
 
 
-_JETSTREAM = described(
-    sy.Map(
-        {
-            "stream": described(
-                EnvStr(),
-                "Stream name (no spaces, `.`, `*` or `>`). Created with `subject` when missing "
-                "(unless `create_stream: false`); `subject` is added to an existing stream "
-                "that does not cover it yet.",
-                example="CDC",
-            ),
-            "durable": described(
-                EnvStr(),
-                "Durable consumer name, owned by cdcsync: deleted and recreated at every "
-                "start, positioned just after the destinations' checkpoints. Share it with "
-                "no other application or flow.",
-                example="cdcsync-users",
-            ),
-            sy.Optional("max_ack_pending", default=20_000): described(
-                EnvInt(1, 1_000_000),
-                "Most messages delivered and not yet acknowledged. This bounds memory: the "
-                "process holds at most twice this many messages for the flow.",
-                example="5000",
-            ),
-            sy.Optional("ack_wait_s", default=60): described(
-                EnvInt(5, 86_400),
-                "Seconds before JetStream redelivers an unacknowledged message. cdcsync "
-                "sends in-progress acks while a batch is being written or retried.",
-                example="120",
-            ),
-            sy.Optional("deliver", default="all"): described(
-                EnvEnum("all", "new"),
-                "Where a flow with no checkpoint yet starts: `all` (the stream's first "
-                "message) or `new` (only messages published from now on).",
-                example="new",
-            ),
-            sy.Optional("create_stream", default=True): described(
-                EnvBool(),
-                "`false`: a missing stream is an error instead of being created.",
-                example="false",
-            ),
-        }
-    ),
-    "Durable, exactly-once delivery through a JetStream stream. Absent: core NATS, "
-    "at-most-once (`cdcsync check` warns).",
-    example="{stream: CDC, durable: cdcsync-users}",
-)
-
-_TLS = described(
-    sy.Map(
-        {
-            sy.Optional("ca"): described(
-                EnvStr(),
-                "CA bundle (PEM file) that signed the server's certificate; default: the "
-                "system's roots.",
-                example="/etc/cdcsync/nats-ca.pem",
-            ),
-            sy.Optional("cert"): described(
-                EnvStr(),
-                "Client certificate (PEM file), for mutual TLS.",
-                example="/etc/cdcsync/client.pem",
-            ),
-            sy.Optional("key"): described(
-                EnvStr(),
-                "The client certificate's private key (PEM file).",
-                example="/etc/cdcsync/client.key",
-            ),
-        }
-    ),
-    "TLS to the NATS servers; also used for `tls://` URLs (which need no block).",
-    example="{ca: /etc/cdcsync/nats-ca.pem}",
-)
-
-_SCHEMA = {
-    "servers": described(
-        sy.Seq(EnvStr()),
-        "NATS server URLs, `nats://host:port` or `tls://host:port`; list several nodes of "
-        "a cluster.",
-        example='["nats://nats-1:4222", "nats://nats-2:4222"]',
-    ),
-    "subject": described(
-        EnvStr(),
-        "Subject to read; wildcards `*` and `>` allowed. With JetStream it is the "
-        "consumer's filter subject.",
-        example='"cdc.users.>"',
-    ),
-    sy.Optional("jetstream"): _JETSTREAM,
-    sy.Optional("format", default="auto"): described(
-        EnvEnum("cdc", "debezium", "auto"),
-        "Message format: `cdc` (the original envelope), `debezium`, or `auto` (detected "
-        "per message). See docs/event-formats.md.",
-        example="debezium",
-    ),
-    sy.Optional("user"): described(EnvStr(), "NATS user name (with `password`).", example="cdc"),
-    sy.Optional("password"): described(
-        EnvStr(), "NATS password; redacted in every output.", example="${NATS_PASSWORD}"
-    ),
-    sy.Optional("token"): described(
-        EnvStr(), "NATS authentication token; redacted in every output.", example="${NATS_TOKEN}"
-    ),
-    sy.Optional("creds"): described(
-        EnvStr(),
-        "Path to a `.creds` file (user JWT and nkey seed), as issued in operator mode.",
-        example="/etc/cdcsync/cdcsync.creds",
-    ),
-    sy.Optional("nkey_seed"): described(
-        EnvStr(), "An nkey seed (`SU...`) to sign in with; redacted.", example="${NATS_NKEY_SEED}"
-    ),
-    sy.Optional("tls"): _TLS,
-    sy.Optional("buffer", default=20_000): described(
-        EnvInt(1, 10_000_000),
-        "Core NATS only: messages held in memory; beyond that new messages are dropped "
-        "(at-most-once). With JetStream the bound is `max_ack_pending`.",
-        example="50000",
-    ),
-    sy.Optional("max_message_bytes", default=8 * 1024 * 1024): described(
-        EnvInt(1, 1 << 30),
-        "Larger messages are dead-lettered without being decoded (default 8 MiB).",
-        example="1048576",
-    ),
-}
-
 SPEC = ComponentSpec(
     name="nats",
     kind="source",
     summary="Read change events from a NATS subject, or durably from a JetStream stream.",
-    schema=_SCHEMA,
-    parse=_parse,
+    schema=SCHEMA,
+    parse=parse_options,
     factory=NatsSource,
     example="""\
     source:

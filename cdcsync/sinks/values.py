@@ -1,0 +1,77 @@
+"""How event values travel to PostgreSQL: key canonicalisation and the JSON parameter.
+
+Pure functions, no I/O: the PostgreSQL sink groups events by :func:`canonical_key` and
+sends each statement's rows as one :func:`rows_json` document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import json
+from typing import Any
+
+import orjson
+
+__all__ = ["BadValue", "canonical_key", "rows_json"]
+
+_INT_TYPES = {"smallint", "integer", "bigint"}
+
+
+def canonical_key(value: Any, pg_type: str) -> Any:
+    """One spelling per key value, so ``7`` and ``"7"`` compact as the same row.
+
+    Only spellings that PostgreSQL itself reads as the same key are unified (``7``
+    and ``" 7"`` for an integer, ``7`` and ``"7.00"`` for a numeric); anything else
+    keeps its type in the key, so ``true`` or ``1.0`` never fold into key ``1``.
+    Only used to group events by key; the values sent to PostgreSQL are the event's own.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return ("bool", value)
+    try:
+        if pg_type in _INT_TYPES:
+            if isinstance(value, int):
+                return value
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    return int(value.strip())
+        elif pg_type.startswith("numeric") and isinstance(
+            value, (int, float, str, decimal.Decimal)
+        ):
+            with contextlib.suppress(ArithmeticError, ValueError):
+                return ("n", decimal.Decimal(str(value).strip()).normalize())
+        elif pg_type == "uuid" and isinstance(value, str):
+            return ("uuid", value.strip().lower().replace("-", ""))
+        elif pg_type.startswith(("text", "character")) and isinstance(value, (int, float)):
+            return str(value)
+    except (ArithmeticError, ValueError):
+        pass
+    return (type(value).__name__, value) if not isinstance(value, str) else value
+
+
+def _exact(value: Any) -> Any:
+    """Exact numbers (see events.py) travel as JSON strings; PostgreSQL parses them exactly."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+class BadValue(Exception):
+    """A value cdcsync itself cannot pass on (e.g. JSON nested too deep to serialize)."""
+
+
+def rows_json(rows: list[dict[str, Any]]) -> str:
+    """Rows as one JSON document for ``json_populate_recordset``.
+
+    orjson stops at 255 levels of nesting; the standard library goes deeper, and
+    past that the value is bad data for its event, not a reason to stop the flow.
+    """
+    try:
+        return orjson.dumps(rows, default=_exact).decode()
+    except TypeError:
+        try:
+            return json.dumps(rows, ensure_ascii=False, allow_nan=False, default=_exact)
+        except (RecursionError, TypeError, ValueError) as exc:
+            raise BadValue(f"value cannot be serialized: {type(exc).__name__}: {exc}") from None
