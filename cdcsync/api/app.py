@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from cdcsync import __version__, registry
-from cdcsync.api import dashboard, metrics
+from cdcsync.api import dashboard, history, metrics
 from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
 from cdcsync.sinks import dead_letters
@@ -116,6 +116,7 @@ def create_app(
     async def reset_stats() -> Response:
         for f in flows:
             f.stats.reset()
+        sampler.reset()
         return jsonify(stats())
 
     process = psutil.Process(os.getpid())
@@ -145,24 +146,23 @@ def create_app(
     @app.get("/api/stream")
     async def stream() -> Response:
         async def events() -> AsyncIterator[bytes]:
-            # Its own Process: cpu_percent is then this client's last second, whatever
-            # other clients and /api/system ask meanwhile.
-            own = psutil.Process(process.pid)
-            own.cpu_percent(None)
             yield b"retry: 1000\n\n"  # browsers reconnect after 1 s, not their default 3 s
-            # The first snapshot goes out at once, before `own` has measured an interval.
-            first: dict[str, Any] | None = system_figures(process)
+            # The sampler's snapshots, the newest at once: the same ones (same `ts`) that
+            # /api/history returns, so the dashboard can merge the two without duplicates.
+            body: dict[str, Any] | None = None
             while True:
-                body = {**stats(), "system": first or system_figures(own)}
-                first = None
+                body = await sampler.next_after(body)
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
-                await trio.sleep(1)
 
         resp = Response(events(), content_type="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"
         resp.timeout = None
         return resp
+
+    @app.get("/api/history")
+    async def get_history() -> Response:
+        return jsonify({"interval_s": history.INTERVAL_S, "snapshots": sampler.history()})
 
     def system_figures(proc: psutil.Process) -> dict[str, Any]:
         with proc.oneshot():
@@ -179,6 +179,29 @@ def create_app(
                 "threads": proc.num_threads(),
                 "open_connections": connections,
             }
+
+    # One Process for the sampler: its cpu_percent is the last second, whatever
+    # /api/system (which uses `process`) is asked meanwhile.
+    sampled = psutil.Process(process.pid)
+    sampled.cpu_percent(None)
+    sampler = history.Sampler(
+        lambda: {**stats(), "ts": round(time.time(), 3), "system": system_figures(sampled)}
+    )
+
+    sampling = trio.CancelScope()
+
+    async def run_sampler(*, task_status: trio.TaskStatus[None]) -> None:
+        with sampling:
+            await sampler.run(task_status=task_status)
+
+    @app.before_serving
+    async def start_sampler() -> None:
+        # One task for every client, in the API's nursery: it only reads flow state.
+        await app.nursery.start(run_sampler)
+
+    @app.after_serving
+    async def stop_sampler() -> None:
+        sampling.cancel()  # else it would run until the background-task grace period ends
 
     @app.get("/api/system")
     async def system() -> Response:
