@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import {
   type DestinationSnapshot,
   type FlowSnapshot,
+  type HistorySnapshot,
   type StatsSnapshot,
   History,
   destinationHealth,
@@ -12,6 +13,8 @@ import {
   formatMs,
   formatRate,
   rate,
+  showDropped,
+  snapshotTime,
   statusTone,
   totals,
 } from "./model";
@@ -209,6 +212,103 @@ describe("History", () => {
       2000,
     );
     expect(h.systemSeries()).toEqual({ cpu: [[2000, 12.3]], rssMiB: [[2000, 100]] });
+  });
+});
+
+/** A snapshot as GET /api/history keeps it (chart fields only), at server time `ts` s. */
+function kept(ts: number, received: number, written = received): HistorySnapshot {
+  return {
+    ts,
+    flows: [
+      {
+        name: "users",
+        received,
+        written,
+        dead_lettered: 0,
+        retries: 0,
+        consumer_pending: 0,
+        destinations: [{ name: "primary", last_batch_latency_ms: 5 }],
+      },
+    ],
+    system: { cpu_percent: 1, rss_bytes: 1024 * 1024 },
+  };
+}
+
+function live(ts: number, received: number): StatsSnapshot {
+  return { ...snap([flow({ received, written: received })]), ts };
+}
+
+describe("History seeded from GET /api/history", () => {
+  it("draws the seeded minutes at once, then continues with the live snapshots", () => {
+    const h = new History();
+    h.seed([kept(100, 0), kept(101, 10), kept(102, 30)]);
+    expect(h.latest()).toBeNull(); // a seeded snapshot is never shown as the current state
+    expect(h.flowSeries("users").received).toEqual([
+      [101_000, 10],
+      [102_000, 20],
+    ]);
+    const s = live(103, 60);
+    h.push(s, snapshotTime(s, 0));
+    expect(h.latest()).toBe(s);
+    expect(h.flowSeries("users").received.map((p) => p[1])).toEqual([10, 20, 30]);
+    expect(h.systemSeries().cpu).toHaveLength(3);
+  });
+
+  it("draws a snapshot received both live and in the history once", () => {
+    const h = new History();
+    const a = live(101, 10);
+    const b = live(102, 30);
+    h.push(a, snapshotTime(a, 0));
+    h.push(b, snapshotTime(b, 0));
+    // The history arrives after the stream started: it overlaps the live snapshots.
+    h.seed([kept(99, 0), kept(100, 5), kept(101, 10), kept(102, 30)]);
+    expect(h.size).toBe(4);
+    expect(h.latest()).toBe(b);
+    expect(h.flowSeries("users").received).toEqual([
+      [100_000, 5],
+      [101_000, 5],
+      [102_000, 20],
+    ]);
+    // The live copy (full fields) is the one kept for a shared timestamp.
+    const again = live(102, 30);
+    h.push(again, snapshotTime(again, 0));
+    h.seed([kept(102, 30)]);
+    expect(h.size).toBe(4);
+    expect(h.latest()).toBe(again);
+    // A reconnect seeds again with newer snapshots: the hole is filled, nothing doubled.
+    h.seed([kept(101, 10), kept(102, 30), kept(103, 31), kept(104, 40)]);
+    expect(h.flowSeries("users").received.map((p) => p[0])).toEqual([
+      100_000, 101_000, 102_000, 103_000, 104_000,
+    ]);
+  });
+
+  it("never draws a negative rate across a counter reset inside the history", () => {
+    const h = new History();
+    // 100 then a reset (POST /api/stats/reset) then 4 and 9 counted after it.
+    h.seed([kept(10, 80), kept(11, 100), kept(12, 4), kept(13, 9)]);
+    const rates = h.flowSeries("users").written.map((p) => p[1]);
+    expect(rates).toEqual([20, 4, 5]);
+    expect(rates.every((r) => (r ?? 0) >= 0)).toBe(true);
+  });
+
+  it("keeps the newest `capacity` snapshots and skips ones without a timestamp", () => {
+    const h = new History(3);
+    h.seed([kept(1, 1), kept(2, 2), kept(3, 3), kept(4, 4)]);
+    h.seed([{ ...kept(5, 5), ts: undefined as unknown as number }]);
+    expect(h.size).toBe(3);
+    expect(h.flowSeries("users").received.map((p) => p[0])).toEqual([3000, 4000]);
+  });
+
+  it("shows dropped for core NATS or when anything was dropped, not for JetStream", () => {
+    expect(showDropped({ type: "nats", jetstream: null }, 0)).toBe(true);
+    expect(showDropped({ type: "nats", jetstream: { stream: "S" } }, 0)).toBe(false);
+    expect(showDropped({ type: "nats", jetstream: { stream: "S" } }, 3)).toBe(true);
+    expect(showDropped(undefined, undefined)).toBe(false);
+  });
+
+  it("uses the server time of a snapshot, or the arrival time for older servers", () => {
+    expect(snapshotTime({ ts: 1.2345 }, 7)).toBe(1235);
+    expect(snapshotTime({}, 7)).toBe(7);
   });
 });
 

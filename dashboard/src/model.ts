@@ -31,6 +31,7 @@ export interface FlowSnapshot {
   last_error: string | null;
   events_per_second: number;
   consumer_pending: number | null;
+  dropped?: number; // core NATS messages shed (slow consumer); always 0 for JetStream
   paused?: boolean; // pause requested (status turns "paused" once in-flight batches commit)
   destinations: DestinationSnapshot[];
 }
@@ -50,6 +51,27 @@ export interface StatsSnapshot {
   uptime_s: number;
   flows: FlowSnapshot[];
   system?: SystemSnapshot;
+  ts?: number; // server time of the snapshot, s since the epoch (stream and history)
+}
+
+/**
+ * A snapshot as GET /api/history keeps it: only the fields the charts use. It is never
+ * shown as the current state (see History.latest).
+ */
+export interface HistorySnapshot {
+  ts: number;
+  flows: (Pick<
+    FlowSnapshot,
+    "name" | "received" | "written" | "dead_lettered" | "retries" | "consumer_pending"
+  > & {
+    destinations: Pick<DestinationSnapshot, "name" | "last_batch_latency_ms">[];
+  })[];
+  system?: Pick<SystemSnapshot, "cpu_percent" | "rss_bytes">;
+}
+
+/** The chart time of a snapshot: the server's `ts` when it has one, else `received`. */
+export function snapshotTime(snapshot: { ts?: number }, received: number): number {
+  return typeof snapshot.ts === "number" ? Math.round(snapshot.ts * 1000) : received;
 }
 
 /** One chart point: [time in ms since the epoch, value or null for a gap]. */
@@ -71,7 +93,7 @@ export interface SystemSeries {
 
 interface Sample {
   t: number;
-  snapshot: StatsSnapshot;
+  snapshot: StatsSnapshot; // a HistorySnapshot for seeded samples: chart fields only
 }
 
 /**
@@ -97,13 +119,42 @@ const GAP_S = 5;
  */
 export class History {
   private samples: Sample[] = [];
+  private current: StatsSnapshot | null = null;
+  private currentT = Number.NEGATIVE_INFINITY;
 
-  constructor(readonly capacity = 180) {}
+  // 300: the five minutes GET /api/history returns.
+  constructor(readonly capacity = 300) {}
 
   push(snapshot: StatsSnapshot, t: number): void {
+    if (t < this.currentT) return; // out of order
+    this.current = snapshot;
+    this.currentT = t;
     const last = this.samples[this.samples.length - 1];
-    if (last && t <= last.t) return; // out of order or duplicate
-    this.samples.push({ t, snapshot });
+    if (last && t === last.t) {
+      last.snapshot = snapshot; // already seeded from the history: keep the full one
+    } else if (!last || t > last.t) {
+      this.samples.push({ t, snapshot });
+      this.trim();
+    }
+  }
+
+  /**
+   * Merge the server's history (GET /api/history, oldest first) into the samples: on
+   * load it fills the charts with the last minutes; after a reconnect it fills the hole.
+   * A snapshot already held (the same `ts`, e.g. also received live) is kept once.
+   */
+  seed(snapshots: HistorySnapshot[]): void {
+    const byTime = new Map<number, Sample>();
+    for (const s of snapshots) {
+      const t = snapshotTime(s, Number.NaN);
+      if (Number.isFinite(t)) byTime.set(t, { t, snapshot: s as unknown as StatsSnapshot });
+    }
+    for (const s of this.samples) byTime.set(s.t, s); // live (full) snapshots win
+    this.samples = [...byTime.values()].sort((a, b) => a.t - b.t);
+    this.trim();
+  }
+
+  private trim(): void {
     if (this.samples.length > this.capacity) {
       this.samples.splice(0, this.samples.length - this.capacity);
     }
@@ -113,8 +164,9 @@ export class History {
     return this.samples.length;
   }
 
+  /** The newest snapshot received live (seeded ones lack the non-chart fields). */
   latest(): StatsSnapshot | null {
-    return this.samples[this.samples.length - 1]?.snapshot ?? null;
+    return this.current;
   }
 
   flowSeries(name: string): FlowSeries {
@@ -170,6 +222,19 @@ export class History {
 
 function round1(n: number): number {
   return Math.round(n * 10) / 10;
+}
+
+/**
+ * Whether the flow page shows the `dropped` counter: for core NATS (the source has no
+ * `jetstream` section in GET /api/flows/{name}), where messages can be shed, or
+ * whenever something was dropped. JetStream never drops, so there it would only be noise.
+ */
+export function showDropped(
+  source: { type?: string; jetstream?: unknown } | undefined,
+  dropped: number | undefined,
+): boolean {
+  if ((dropped ?? 0) > 0) return true;
+  return source?.type === "nats" && !source.jetstream;
 }
 
 /** Badge colour of a flow or destination state. */

@@ -8,7 +8,8 @@ import {
   linkState,
   reconnectDelayMs,
 } from "./connection";
-import { History, type StatsSnapshot } from "./model";
+import { getJson } from "./api";
+import { History, type HistorySnapshot, type StatsSnapshot, snapshotTime } from "./model";
 
 export interface Live {
   snapshot: StatsSnapshot | null;
@@ -18,7 +19,7 @@ export interface Live {
   tick: number;
 }
 
-export function useLive(url = "/api/stream"): Live {
+export function useLive(url = "/api/stream", historyUrl = "/api/history"): Live {
   const history = useRef(new History()).current;
   const [tick, setTick] = useState(0);
   const [link, setLink] = useState<LinkState>("connecting");
@@ -30,6 +31,20 @@ export function useLive(url = "/api/stream"): Live {
     let errored = false;
     let attempt = 0;
     let retry: ReturnType<typeof setTimeout> | undefined;
+    let closed = false;
+
+    // The last minutes the server kept, so the charts do not start empty (on load) or
+    // keep a hole (after a reconnect). Merged by timestamp with what the stream sends.
+    const loadHistory = async () => {
+      try {
+        const body = await getJson<{ snapshots: HistorySnapshot[] }>(historyUrl);
+        if (closed) return;
+        history.seed(body.snapshots);
+        setTick((t) => t + 1);
+      } catch {
+        // an older server without /api/history, or the server went away again
+      }
+    };
 
     const update = () => setLink(linkState(Date.now(), openedAt, lastMessageAt, errored));
 
@@ -39,6 +54,8 @@ export function useLive(url = "/api/stream"): Live {
       openedAt = Date.now();
       const es = new EventSource(url);
       source = es;
+      // Fires on the first connection and on every reconnect, the browser's own included.
+      es.onopen = () => void loadHistory();
       es.onmessage = (ev: MessageEvent<string>) => {
         let snapshot: StatsSnapshot;
         try {
@@ -49,7 +66,7 @@ export function useLive(url = "/api/stream"): Live {
         lastMessageAt = Date.now();
         errored = false;
         attempt = 0;
-        history.push(snapshot, lastMessageAt);
+        history.push(snapshot, snapshotTime(snapshot, lastMessageAt));
         setTick((t) => t + 1);
         update();
       };
@@ -74,11 +91,12 @@ export function useLive(url = "/api/stream"): Live {
 
     open();
     return () => {
+      closed = true;
       clearInterval(watchdog);
       clearTimeout(retry);
       source?.close();
     };
-  }, [url, history]);
+  }, [url, historyUrl, history]);
 
   return { snapshot: history.latest(), history, link, tick };
 }

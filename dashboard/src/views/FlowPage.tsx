@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useState } from "react";
-import { type DeadLetter, deadLetters } from "../api";
+import { type DeadLetter, type FlowView, deadLetters, getJson } from "../api";
 import { COLORS, EChart, type LineSpec, allEmpty, lineOption, peak, timeRange } from "../charts";
 import { Badge, Link, PauseButton, Stat } from "../components";
 import {
@@ -11,6 +11,7 @@ import {
   formatCount,
   formatMs,
   formatRate,
+  showDropped,
 } from "../model";
 
 export function FlowPage({
@@ -28,6 +29,7 @@ export function FlowPage({
 }) {
   // `tick` is the change signal of the mutable history.
   const series = useMemo(() => history.flowSeries(name), [history, name, tick]);
+  const source = useFlowSource(name);
   const range = timeRange(series.pending); // one point per snapshot: the whole window
   const throughput = useMemo(
     () =>
@@ -138,6 +140,15 @@ export function FlowPage({
         <Stat label="Events/s (10 s)" value={formatRate(flow.events_per_second)} testId="stat-rate" />
         <Stat label="Retries" value={formatCount(flow.retries)} testId="stat-retries" />
         <Stat label="Restarts" value={formatCount(flow.restarts)} testId="stat-restarts" />
+        {showDropped(source, flow.dropped) && (
+          <Stat
+            label="Dropped"
+            value={formatCount(flow.dropped ?? 0)}
+            testId="stat-dropped"
+            tone={flow.dropped ? "warn" : undefined}
+            hint="core NATS messages shed because cdcsync could not keep up (not in PostgreSQL)"
+          />
+        )}
       </section>
 
       <div className="chart-grid">
@@ -215,6 +226,23 @@ export function FlowPage({
       <DeadLetters flow={flow.name} count={flow.dead_lettered} />
     </div>
   );
+}
+
+/** The flow's source configuration (GET /api/flows/{name}), fetched once per flow. */
+function useFlowSource(name: string): { type?: string; jetstream?: unknown } | undefined {
+  const [source, setSource] = useState<{ type?: string; jetstream?: unknown }>();
+  useEffect(() => {
+    let gone = false;
+    getJson<FlowView>(`/api/flows/${encodeURIComponent(name)}`)
+      .then((view) => {
+        if (!gone) setSource(view.source as { type?: string; jetstream?: unknown });
+      })
+      .catch(() => {}); // unknown flow or server away: the counter just stays hidden
+    return () => {
+      gone = true;
+    };
+  }, [name]);
+  return source;
 }
 
 function DestinationsTable({ destinations }: { destinations: DestinationSnapshot[] }) {
