@@ -39,6 +39,7 @@ __all__ = [
     "FAULT_DDL",
     "CdcProcess",
     "Fleet",
+    "Scenario",
     "Workload",
     "checkpoint",
     "config_yaml",
@@ -316,6 +317,63 @@ flows:
         schema: {schema}
         conflict_resolution: upsert
 """
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One fault test's world: its servers and the names derived from one word.
+
+    Flow ``f`` reads ``{name}.f.>`` from stream ``{NAME}`` with durable ``{name}-f`` into
+    schema ``{name}``; the same word is the ``unique`` fixture's value for tests on the
+    shared servers, so they never see each other's data.
+    """
+
+    nats_url: str
+    pg_url: str
+    name: str
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+    @property
+    def stream(self) -> str:
+        return self.name.upper()
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}.f"
+
+    @property
+    def durable(self) -> str:
+        return f"{self.name}-f"
+
+    def write_config(self, directory: Path, **options: Any) -> Path:
+        """``cdcsync.yaml`` in ``directory`` for this scenario (``options``: see config_yaml)."""
+        path = directory / "cdcsync.yaml"
+        path.write_text(
+            config_yaml(
+                nats_url=self.nats_url,
+                pg_url=self.pg_url,
+                stream=self.stream,
+                subject=f"{self.prefix}.>",
+                schema=self.schema,
+                durable=self.durable,
+                **options,
+            )
+        )
+        return path
+
+    async def prepare(self) -> Any:
+        """Create the schema and the stream; the test's own NATS client, for it to close."""
+        await create_schema(self.pg_url, self.schema)
+        nc = await open_js(self.nats_url)
+        try:
+            await nc.jetstream().add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])
+        except BaseException:
+            await nc.close()
+            raise
+        return nc
 
 
 @dataclass

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faultkit import (
     Fleet,
-    config_yaml,
+    Scenario,
     consumer_info,
-    create_schema,
     flow_done,
     ledger_count,
     make_workload,
-    open_js,
     outcome_problems,
     publish,
     wait_for,
@@ -31,46 +28,23 @@ from servers import NatsServer, PostgresServer
 EVENTS = 100_000
 
 
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def pg_server() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
 @pytest.mark.slow
 def test_kill9_mid_run_applies_every_event_exactly_once(
     nats_server: NatsServer, pg_server: PostgresServer, tmp_path: Path
 ) -> None:
     """After three SIGKILLs mid-run, each followed by a restart, every event is applied once."""
     work = make_workload(EVENTS)
-    schema, stream, durable, prefix = "faults", "KILL9", "kill9-f", "kill9.f"
-    config = tmp_path / "cdcsync.yaml"
-    config.write_text(
-        config_yaml(
-            nats_url=nats_server.url,
-            pg_url=pg_server.url,
-            stream=stream,
-            subject=f"{prefix}.>",
-            schema=schema,
-            durable=durable,
-        )
-    )
+    world = Scenario(nats_server.url, pg_server.url, "kill9")
+    schema, stream, durable, prefix = world.schema, world.stream, world.durable, world.prefix
+    config = world.write_config(tmp_path)
     timings: dict[str, float] = {}
 
     async def landed() -> int:
         return await ledger_count(pg_server.url, schema)
 
     async def scenario() -> None:
-        await create_schema(pg_server.url, schema)
-        nc = await open_js(nats_server.url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=stream, subjects=[f"{prefix}.>"])
             t = time.monotonic()
             last_seq = await publish(nc, prefix, work.events)
             timings["publish"] = time.monotonic() - t

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import psutil
 import pytest
 from faultkit import (
     Fleet,
+    Scenario,
     checkpoint,
-    config_yaml,
     create_schema,
     drop_schema,
     flow_done,
@@ -41,33 +40,6 @@ EVENTS = 40_000
 FIRST = 30_000  # published before the fault; the rest after it (or while it lasts)
 OUTAGE_S = 2.0
 TERMINATIONS = 40
-
-
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def pg_server() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-def _config(tmp_path: Path, nats_url: str, pg_url: str, unique: str) -> Path:
-    path = tmp_path / "cdcsync.yaml"
-    path.write_text(
-        config_yaml(
-            nats_url=nats_url,
-            pg_url=pg_url,
-            stream=unique.upper(),
-            subject=f"{unique}.f.>",
-            schema=unique,
-            durable=f"{unique}-f",
-        )
-    )
-    return path
 
 
 def _connections(pid: int, port: int) -> int:
@@ -94,14 +66,13 @@ def test_nats_restart_mid_run_loses_nothing(
 ) -> None:
     """After NATS goes down mid-run (stopped or killed) and comes back, every event lands once."""
     work = make_workload(EVENTS, seed=11)
-    config = _config(tmp_path, nats_server.url, pg_url, unique)
+    world = Scenario(nats_server.url, pg_url, unique)
+    config = world.write_config(tmp_path)
     timings: dict[str, float] = {}
 
     async def scenario() -> None:
-        await create_schema(pg_url, unique)
-        nc = await open_js(nats_server.url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=unique.upper(), subjects=[f"{unique}.f.>"])
             await publish(nc, f"{unique}.f", work.events[:FIRST])
         finally:
             await nc.close()
@@ -153,15 +124,14 @@ def test_postgres_restart_mid_run_loses_nothing(
 ) -> None:
     """While PostgreSQL is down the flow reports retries; once it is back every event lands once."""
     work = make_workload(EVENTS, seed=13)
-    config = _config(tmp_path, nats_url, pg_server.url, unique)
+    world = Scenario(nats_url, pg_server.url, unique)
+    config = world.write_config(tmp_path)
     timings: dict[str, float] = {}
     seen: dict[str, Any] = {}
 
     async def scenario() -> None:
-        await create_schema(pg_server.url, unique)
-        nc = await open_js(nats_url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=unique.upper(), subjects=[f"{unique}.f.>"])
             await publish(nc, f"{unique}.f", work.events[:FIRST])
             with Fleet(tmp_path) as fleet:
                 proc = fleet.spawn(config, "cdcsync")
@@ -218,7 +188,8 @@ def test_terminated_writer_connections_are_retried(
 ) -> None:
     """An admin killing cdcsync's PostgreSQL session over and over costs retries, never events."""
     work = make_workload(EVENTS, seed=23)
-    config = _config(tmp_path, nats_url, pg_server.url, unique)
+    world = Scenario(nats_url, pg_server.url, unique)
+    config = world.write_config(tmp_path)
     report: dict[str, Any] = {}
 
     async def terminate_writer() -> int:
@@ -230,10 +201,8 @@ def test_terminated_writer_connections_are_retried(
         return int(rows[0][0])
 
     async def scenario() -> None:
-        await create_schema(pg_server.url, unique)
-        nc = await open_js(nats_url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=unique.upper(), subjects=[f"{unique}.f.>"])
             with Fleet(tmp_path) as fleet:
                 proc = fleet.spawn(config, "cdcsync")
                 api = await proc.api()
@@ -292,7 +261,8 @@ def test_postgres_down_at_start_is_waited_for_with_one_nats_connection(
 ) -> None:
     """Started before its database, cdcsync waits for it, then syncs over one NATS connection."""
     work = make_workload(4_000, seed=29)
-    config = _config(tmp_path, nats_url, pg_server.url, unique)
+    world = Scenario(nats_url, pg_server.url, unique)
+    config = world.write_config(tmp_path)
     nats_port = int(nats_url.rsplit(":", 1)[1])
 
     async def scenario() -> None:

@@ -8,24 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 import asyncpg
 import nats
 import pytest
 from servers import NatsServer, PostgresServer, nats_info, port_open
-
-
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def pg_server() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
 
 
 async def _nats_connect(url: str) -> nats.NATS:

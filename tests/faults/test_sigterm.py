@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 from faultkit import (
     Fleet,
+    Scenario,
     checkpoint,
-    config_yaml,
     consumer_info,
-    create_schema,
     drop_schema,
     flow_done,
     ledger_count,
     make_workload,
-    open_js,
     outcome_problems,
     publish,
     wait_for,
@@ -36,26 +34,15 @@ def test_sigterm_mid_run_exits_zero_acks_committed_and_resumes(
 ) -> None:
     """SIGTERM mid-run exits 0 within 10 s with every committed event acked; a restart finishes."""
     work = make_workload(EVENTS, seed=17)
-    stream, durable = unique.upper(), f"{unique}-f"
-    config = tmp_path / "cdcsync.yaml"
-    config.write_text(
-        config_yaml(
-            nats_url=nats_url,
-            pg_url=pg_url,
-            stream=stream,
-            subject=f"{unique}.f.>",
-            schema=unique,
-            durable=durable,
-        )
-    )
+    world = Scenario(nats_url, pg_url, unique)
+    stream, durable = world.stream, world.durable
+    config = world.write_config(tmp_path)
     report: dict[str, object] = {}
 
     async def scenario() -> None:
-        await create_schema(pg_url, unique)
-        nc = await open_js(nats_url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=stream, subjects=[f"{unique}.f.>"])
-            last_seq = await publish(nc, f"{unique}.f", work.events)
+            last_seq = await publish(nc, world.prefix, work.events)
             with Fleet(tmp_path) as fleet:
                 first = fleet.spawn(config, "first")
 

@@ -15,13 +15,11 @@ import httpx
 import pytest
 from faultkit import (
     Fleet,
-    config_yaml,
-    create_schema,
+    Scenario,
     drop_schema,
     flow_done,
     ledger_count,
     make_workload,
-    open_js,
     outcome_problems,
     publish,
     wait_for,
@@ -45,25 +43,14 @@ def test_standby_waits_then_takes_over_after_kill9(
 ) -> None:
     """A second instance stays standby while the first writes and finishes the job after kill -9."""
     work = make_workload(EVENTS, seed=19)
-    stream, prefix = unique.upper(), f"{unique}.f"
-    config = tmp_path / "cdcsync.yaml"
-    config.write_text(
-        config_yaml(
-            nats_url=nats_url,
-            pg_url=pg_url,
-            stream=stream,
-            subject=f"{prefix}.>",
-            schema=unique,
-            durable=f"{unique}-f",
-        )
-    )
+    world = Scenario(nats_url, pg_url, unique)
+    stream, prefix = world.stream, world.prefix
+    config = world.write_config(tmp_path)
     report: dict[str, object] = {}
 
     async def scenario() -> None:
-        await create_schema(pg_url, unique)
-        nc = await open_js(nats_url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=stream, subjects=[f"{prefix}.>"])
             await publish(nc, prefix, work.events[:FIRST])
             with Fleet(tmp_path) as fleet:
                 active = fleet.spawn(config, "active")
@@ -133,24 +120,13 @@ def test_standby_stops_promptly_on_sigterm(
 ) -> None:
     """SIGTERM to a waiting standby exits 0 within 10 s and leaves the active instance writing."""
     work = make_workload(20_000, seed=31)
-    stream, prefix = unique.upper(), f"{unique}.f"
-    config = tmp_path / "cdcsync.yaml"
-    config.write_text(
-        config_yaml(
-            nats_url=nats_url,
-            pg_url=pg_url,
-            stream=stream,
-            subject=f"{prefix}.>",
-            schema=unique,
-            durable=f"{unique}-f",
-        )
-    )
+    world = Scenario(nats_url, pg_url, unique)
+    stream, prefix = world.stream, world.prefix
+    config = world.write_config(tmp_path)
 
     async def scenario() -> None:
-        await create_schema(pg_url, unique)
-        nc = await open_js(nats_url)
+        nc = await world.prepare()
         try:
-            await nc.jetstream().add_stream(name=stream, subjects=[f"{prefix}.>"])
             await publish(nc, prefix, work.events[:10_000])
             with Fleet(tmp_path) as fleet:
                 active = fleet.spawn(config, "active")
