@@ -75,7 +75,8 @@ def test_live_counters_charts_and_screenshots(
     world: World, serve: Any, browser: Any, context: Any, shots: Path
 ) -> None:
     """Published events show in the counters within 3 s without a reload; the charts draw
-    them; the views work at laptop and phone width, light and dark."""
+    them, and a page opened later starts with the last minutes; the views work at laptop and
+    phone width, light and dark."""
     api = serve(world.config()).wait_started()
     page = open_page(context, f"{api}/")
     expect(page.get_by_test_id("flow-status-users")).to_have_text("running")
@@ -90,6 +91,18 @@ def test_live_counters_charts_and_screenshots(
     print(f"counters caught up {users_s:.2f} s (users) and {orders_s:.2f} s (orders) after publish")
     assert number(page, "total-written") == 160
     assert world.ids("users") == list(range(120))
+
+    # A page opened later starts with the server's history: nothing is published now, so
+    # a written peak in its throughput chart can only come from GET /api/history.
+    page.wait_for_timeout(3000)
+    later = open_page(context, f"{api}/flows/users")
+    chart = later.get_by_test_id("chart-throughput")
+    expect(chart).to_have_attribute("data-peak-written", re.compile(r"^(0\.\d*[1-9]|[1-9])"))
+    assert int(chart.get_attribute("data-points") or 0) >= 3
+    expect(later.get_by_test_id("stat-written")).to_have_text("120")
+    expect(later.get_by_test_id("stat-dropped")).to_have_count(0)  # JetStream never drops
+    assert not later.errors  # type: ignore[attr-defined]
+    later.close()
 
     with world.trickle({"users": 40, "orders": 15}):
         page.wait_for_timeout(9000)  # nine snapshots of live traffic for the charts
