@@ -56,10 +56,16 @@ SPEC: dict[str, Any] = {
             {"text/plain": {"schema": {"type": "string"}}},
         ),
         "/api/stats": _get("Counters and rates per flow and destination"),
-        "/api/stats/reset": _post("Zero every counter; returns the new stats"),
+        "/api/stats/reset": _post(
+            "Zero every counter and clear /api/history; returns the new stats"
+        ),
         "/api/stream": _get(
-            "Server-Sent Events: one /api/stats snapshot (plus `system`) per second",
+            "Server-Sent Events: one /api/stats snapshot (plus `ts`, `system`) per second",
             {"text/event-stream": {"schema": {"type": "string"}}},
+        ),
+        "/api/history": _get(
+            "The last 300 per-second snapshots (5 min, chart fields only), oldest first:"
+            " {interval_s, snapshots}"
         ),
         "/api/system": _get("Process CPU, memory, connections, uptime, version"),
         "/api/flows": _get("Every flow's configuration (secrets redacted) and state"),
