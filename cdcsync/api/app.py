@@ -136,6 +136,7 @@ def create_app(
             flow.pause()
         else:
             flow.resume()
+        sampler.sample()  # streams show the paused flag now, not at the next tick
         return jsonify(view(flow))
 
     @app.get("/metrics")
