@@ -15,13 +15,14 @@ from typing import Any
 
 import asyncpg
 import nats
+import orjson
 import trio
 
 from cdcsync import config as cfg
 from cdcsync.app import Service
 from cdcsync.bridge import aio
 
-__all__ = ["Env", "Running", "envelope", "wait_until"]
+__all__ = ["Env", "Running", "SseRead", "envelope", "read_sse", "wait_until"]
 
 
 def envelope(table: str, op: str, data: dict[str, Any], **extra: Any) -> bytes:
@@ -254,3 +255,38 @@ class Env:
             with trio.move_on_after(20):
                 await finished.wait()
             scope.cancel()
+
+
+@dataclass
+class SseRead:
+    """What ``read_sse`` got: the response head, the data events, the raw bytes, the time."""
+
+    head: str
+    events: list[dict[str, Any]]
+    raw: bytes
+    elapsed: float
+
+
+async def read_sse(api: str, count: int) -> SseRead:
+    """``count`` data events of ``GET /api/stream``, read by a plain HTTP/1.1 client over a
+    Trio TCP stream (a real SSE client, no library in between)."""
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            f"GET /api/stream HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        buffer, events = b"", []
+        started = trio.current_time()
+        while len(events) < count:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "server closed the event stream"
+            buffer += chunk
+            events = [
+                orjson.loads(line[6:])
+                for line in buffer.split(b"\n")
+                if line.startswith(b"data: ") and line.rstrip().endswith(b"}")
+            ]
+        head = buffer.split(b"\r\n\r\n", 1)[0].decode()
+        return SseRead(head, events[:count], buffer, trio.current_time() - started)

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 import trio
-from harness import Env, envelope
+from harness import Env, envelope, read_sse
 from structlog.testing import capture_logs
 
 from cdcsync.api.dashboard import ENV_VAR
@@ -84,24 +83,10 @@ async def test_missing_build_says_how_to_build_it(
 
 
 async def read_events(api: str, count: int) -> list[dict]:
-    """``count`` data events from /api/stream over a plain TCP connection."""
-    host, port = api.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(f"GET /api/stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        buffer = b""
-        while True:
-            chunk = await stream.receive_some(65536)
-            assert chunk, "server closed the event stream"
-            buffer += chunk
-            events = [
-                orjson.loads(line[6:])
-                for line in buffer.split(b"\n")
-                if line.startswith(b"data: ") and line.rstrip().endswith(b"}")
-            ]
-            if len(events) >= count:
-                assert b"\nretry: 1000\n" in buffer  # browsers reconnect after 1 s
-                return events[:count]
+    """``count`` data events from /api/stream, which tells browsers to reconnect after 1 s."""
+    sse = await read_sse(api, count)
+    assert b"\nretry: 1000\n" in sse.raw  # browsers reconnect after 1 s
+    return sse.events
 
 
 async def test_stream_carries_system_figures_and_pause_state(

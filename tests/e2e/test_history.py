@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import trio
-from harness import Env, envelope, wait_until
+from harness import Env, envelope, read_sse, wait_until
 
 TABLE = "CREATE TABLE hist_users (id int PRIMARY KEY, name text);"
 
@@ -71,17 +69,9 @@ async def test_history_oldest_first_matches_postgres(env: Env, nursery: trio.Nur
 
 
 async def first_streamed(base: str) -> dict[str, Any]:
-    """The first snapshot of GET /api/stream, read over a plain socket (an SSE reader)."""
-    url = urlsplit(base)
-    stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 80)
-    async with stream:
-        await stream.send_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        buf = b""
-        with trio.fail_after(10):
-            while b"\ndata: " not in buf or not buf.split(b"\ndata: ", 1)[1].count(b"\n"):
-                buf += await stream.receive_some()
-    line = buf.split(b"\ndata: ", 1)[1].split(b"\n", 1)[0]
-    return json.loads(line)
+    """The first snapshot of GET /api/stream."""
+    with trio.fail_after(10):
+        return (await read_sse(base, 1)).events[0]
 
 
 async def _count_is(env: Env, n: int) -> bool:

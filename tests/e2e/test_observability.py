@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import httpx
-import orjson
 import trio
-from harness import Env, envelope, wait_until
+from harness import Env, envelope, read_sse, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text);"
@@ -39,36 +38,13 @@ async def test_metrics_parse_and_count_what_happened(env: Env, nursery: trio.Nur
     assert samples[("cdcsync_checkpoint_sequence", dest)] == 31
 
 
-async def read_sse(api: str, count: int) -> tuple[str, list[dict], float]:
-    """A plain HTTP/1.1 client over a Trio TCP stream: headers, then ``count`` data events."""
-    host, port = api.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(
-            f"GET /api/stream HTTP/1.1\r\nHost: {host}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
-        )
-        buffer, events = b"", []
-        started = trio.current_time()
-        while len(events) < count:
-            chunk = await stream.receive_some(65536)
-            assert chunk, "server closed the event stream"
-            buffer += chunk
-            events = [
-                orjson.loads(line[6:])
-                for line in buffer.split(b"\n")
-                if line.startswith(b"data: ") and line.rstrip().endswith(b"}")
-            ]
-        head = buffer.split(b"\r\n\r\n", 1)[0].decode()
-        return head, events[:count], trio.current_time() - started
-
-
 async def test_sse_stream_sends_a_snapshot_every_second(env: Env, nursery: trio.Nursery) -> None:
     """/api/stream delivers stats snapshots as Server-Sent Events, about one per second."""
     await env.create_schema(TABLE)
     async with env.running(env.config(), nursery) as running:
         with trio.fail_after(10):
-            head, snapshots, elapsed = await read_sse(running.api, 3)
+            sse = await read_sse(running.api, 3)
+    head, snapshots, elapsed = sse.head, sse.events, sse.elapsed
     assert "content-type: text/event-stream" in head.lower()
     assert [f["name"] for f in snapshots[0]["flows"]] == ["f"]
     assert 1.5 <= elapsed <= 4.0
