@@ -64,7 +64,7 @@ class Running:
 
     @property
     def api(self) -> str:
-        return self.binds[0].replace("http://", "http://", 1) if self.binds else ""
+        return self.binds[0] if self.binds else ""
 
 
 @dataclass
