@@ -3,18 +3,11 @@ destination, against a real database, and for a third-party entry-point destinat
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from harness import Env
 
 from cdcsync import registry
 from cdcsync.conformance import check_destination
 from cdcsync.sinks.postgres import PostgresOptions, PostgresSink
-
-PLUGIN_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "plugin"
 
 
 async def test_postgres_destination_conforms(env: Env) -> None:
@@ -27,18 +20,6 @@ async def test_postgres_destination_conforms(env: Env) -> None:
     assert len(await env.dead_letters()) == 1
     rows = await env.sql(f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints")
     assert [r[0] for r in rows] == [20]
-
-
-@pytest.fixture
-def memory_plugin() -> Iterator[None]:
-    sys.path.insert(0, str(PLUGIN_DIR))
-    registry._cache.clear()
-    try:
-        yield
-    finally:
-        sys.path.remove(str(PLUGIN_DIR))
-        registry._cache.clear()
-        sys.modules.pop("memory_sink", None)
 
 
 async def test_entry_point_destination_conforms(memory_plugin: None, unique: str) -> None:

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import trio
 from harness import Env, envelope, wait_until
 
 from cdcsync import registry
-
-PLUGIN_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "plugin"
-
-
-@pytest.fixture
-def memory_plugin() -> Iterator[None]:
-    sys.path.insert(0, str(PLUGIN_DIR))
-    registry._cache.clear()
-    try:
-        yield
-    finally:
-        sys.path.remove(str(PLUGIN_DIR))
-        registry._cache.clear()
-        sys.modules.pop("memory_sink", None)
 
 
 async def test_entry_point_destination_receives_events(
