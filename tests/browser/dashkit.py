@@ -10,22 +10,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import nats
 import nats.js.errors
+from cdcproc import CdcProcess
 from harness import envelope
 
 __all__ = [
@@ -66,39 +63,8 @@ def screenshot(page: Any, shots: Path, name: str, keep: bool = True) -> Path:
     return path
 
 
-@dataclass
-class Serve:
-    """``cdcsync serve CONFIG --log-format json`` as a child process, logs to a file."""
-
-    config: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: Any = field(default=None, repr=False)
-
-    def start(self) -> Serve:
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdcsync", "serve", str(self.config), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        return self
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    out.append(obj)
-        return out
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return f"--- {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+class Serve(CdcProcess):
+    """A ``cdcsync serve`` child process, with the browser tests' wait for its flows."""
 
     def wait_started(self, timeout: float = 30.0) -> str:
         """Wait for every flow to start; returns the API's base URL."""
@@ -114,18 +80,9 @@ class Serve:
             time.sleep(0.1)
         raise AssertionError(f"cdcsync did not start within {timeout} s\n{self.tail()}")
 
-    def stop(self) -> None:
-        """SIGTERM (a graceful drain), SIGKILL after 15 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM (a graceful drain), SIGKILL after ``grace`` seconds."""
+        super().stop(grace)
 
 
 def number(page: Any, test_id: str) -> int:
