@@ -36,6 +36,7 @@ from cdcsync import embedded, logs
 from cdcsync.demo_workload import BAD_EVERY, Shop, schema_sql
 from cdcsync.errors import CdcSyncError
 from cdcsync.progress import Progress
+from cdcsync.sinks.sql import quote_ident
 
 __all__ = ["DemoOptions", "run"]
 
@@ -109,7 +110,7 @@ async def _create_database(url: str, name: str) -> None:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             with contextlib.suppress(asyncpg.DuplicateDatabaseError):
-                await admin.execute(f'CREATE DATABASE "{name}"')
+                await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
     finally:
         await admin.close()
 
