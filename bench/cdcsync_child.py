@@ -84,6 +84,7 @@ def config_yaml(spec: dict[str, Any]) -> str:
                 "        type: postgres",
                 f"        url: {json.dumps(d['url'])}",
                 f"        schema: {d['schema']}",
+                f"        state_schema: {d['schema']}_state",
                 "        conflict_resolution: upsert",
             ]
             if d.get("tables"):

@@ -120,7 +120,11 @@ async def fetchval(url: str, query: str) -> Any:
 
 async def create_tables(url: str, schema: str, ddl: list[str]) -> None:
     """A fresh schema with ``ddl``; CHECKPOINT so no writer inherits dirty pages."""
-    await pg_execute(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+    await pg_execute(
+        url,
+        f"DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {schema}_state CASCADE; "
+        f"CREATE SCHEMA {schema}",
+    )
     await pg_execute(url, "; ".join(ddl))
     await pg_execute(url, "CHECKPOINT")
 
@@ -215,7 +219,11 @@ async def cleanup(run: Run) -> None:
             await nc.close()
     except Exception as exc:
         print(f"cleanup: cannot delete streams {run.streams()}: {exc!r}", file=sys.stderr)
-    drops = "; ".join(f"DROP SCHEMA IF EXISTS {run.schema(p)} CASCADE" for p in PHASES)
+    drops = "; ".join(
+        f"DROP SCHEMA IF EXISTS {run.schema(p)} CASCADE; "
+        f"DROP SCHEMA IF EXISTS {run.schema(p)}_state CASCADE"
+        for p in PHASES
+    )
     await pg_execute(run.pg_url, drops)
     await pg_execute(run.pg_url, f"DROP DATABASE IF EXISTS {run.fanout_db} WITH (FORCE)")
 
@@ -448,7 +456,7 @@ class Phases:
         applied = r["stats"]["bench"]["destinations"][0]["checkpoint"] or last
         left = asyncio.run(
             fetchval(
-                run.pg_url, f"SELECT max(last_seq) FROM {run.table(phase, 'cdcsync_checkpoints')}"
+                run.pg_url, f"SELECT max(last_seq) FROM {run.schema(phase)}_state.checkpoints"
             )
         )
         expected = wl.expected_canonical(wl.state_after(self.work.ops[:left]))

@@ -210,6 +210,7 @@ def _config_text(servers: _Servers, prefix: str, port: int) -> str:
             f"        type: postgres\n"
             f'        url: "{url}"\n'
             f"        schema: {prefix}\n"
+            f"        state_schema: {prefix}_state\n"
         )
 
     shop = dest("shop", servers.shop_url)

@@ -52,4 +52,6 @@ async def env(nats_url: str, pg_url: str, unique: str):  # type: ignore[no-untyp
             yield world
         finally:
             await world.close()
-            await world.execute(f"DROP SCHEMA IF EXISTS {unique} CASCADE")
+            await world.execute(
+                f"DROP SCHEMA IF EXISTS {unique} CASCADE; DROP SCHEMA IF EXISTS {unique}_state CASCADE"
+            )

@@ -82,6 +82,11 @@ class Env:
         return self.unique
 
     @property
+    def state(self) -> str:
+        """The test's own state schema (cdcsync's checkpoints and dead letters)."""
+        return f"{self.unique}_state"
+
+    @property
     def stream(self) -> str:
         return self.unique.upper()
 
@@ -113,9 +118,7 @@ class Env:
         return int(records[0][0])
 
     async def dead_letters(self, url: str | None = None) -> list[dict[str, Any]]:
-        records = await self.sql(
-            f"SELECT * FROM {self.schema}.cdcsync_dead_letters ORDER BY id", url=url
-        )
+        records = await self.sql(f"SELECT * FROM {self.state}.dead_letters ORDER BY id", url=url)
         return [dict(r) for r in records]
 
     async def applied(self, seq: int, flow: str = "f", dest: str = "primary") -> None:
@@ -123,7 +126,7 @@ class Env:
 
         async def check() -> bool:
             rows = await self.sql(
-                f"SELECT last_seq FROM {self.schema}.cdcsync_checkpoints "
+                f"SELECT last_seq FROM {self.state}.checkpoints "
                 "WHERE flow = $1 AND destination = $2",
                 flow,
                 dest,
@@ -202,6 +205,7 @@ class Env:
         type: postgres
         url: "{durl}"
         schema: {self.schema}
+        state_schema: {self.state}
         conflict_resolution: {mode}{extra_dest}"""
             for dname, durl in dests
         )

@@ -1,4 +1,4 @@
-"""Operator tools over ``cdcsync_dead_letters``: list, replay, purge.
+"""Operator tools over the state schema's ``dead_letters``: list, replay, purge.
 
 Replay decodes each stored payload again with its flow's format and applies it
 through the destination's own write path (catalog resolution, conflict mode,
@@ -21,7 +21,7 @@ from cdcsync.bridge import aio
 from cdcsync.flow.batch import Delivery
 from cdcsync.flow.stages import decode_batch
 from cdcsync.sinks.postgres import PostgresSink
-from cdcsync.sinks.sql import quote_ident
+from cdcsync.sinks.sql import dead_letter_table
 
 __all__ = ["DeadLetter", "ReplayResult", "list_letters", "purge", "replay"]
 
@@ -46,13 +46,11 @@ class ReplayResult:
 
 
 def _table(sink: PostgresSink) -> str:
-    return f"{quote_ident(sink.options.schema)}.cdcsync_dead_letters"
+    return dead_letter_table(sink.options.state_schema)
 
 
-async def _exists(conn: asyncpg.Connection, schema: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT to_regclass($1) IS NOT NULL", f"{quote_ident(schema)}.cdcsync_dead_letters"
-    )
+async def _exists(conn: asyncpg.Connection, sink: PostgresSink) -> bool:
+    found = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _table(sink))
     return bool(found)
 
 
@@ -63,7 +61,7 @@ async def list_letters(
 
     async def go() -> list[DeadLetter]:
         conn = await sink.raw_connection()
-        if not await _exists(conn, sink.options.schema):
+        if not await _exists(conn, sink):
             return []
         where = "flow = $1 AND destination = $2"
         args: list[Any] = [sink.flow, sink.name]
@@ -89,7 +87,7 @@ async def replay(
 
     async def go() -> ReplayResult:
         conn = await sink.raw_connection()
-        if not await _exists(conn, sink.options.schema):
+        if not await _exists(conn, sink):
             return ReplayResult(0, 0)
         where = "flow = $1 AND destination = $2"
         args: list[Any] = [sink.flow, sink.name]
@@ -131,7 +129,7 @@ async def purge(sink: PostgresSink, before: dt.datetime) -> int:
 
     async def go() -> int:
         conn = await sink.raw_connection()
-        if not await _exists(conn, sink.options.schema):
+        if not await _exists(conn, sink):
             return 0
         status = await conn.execute(
             f"DELETE FROM {_table(sink)} WHERE flow = $1 AND destination = $2 AND failed_at < $3",

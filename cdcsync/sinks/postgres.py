@@ -12,9 +12,9 @@ are Trio and cross the bridge once per call.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -23,13 +23,14 @@ import structlog
 from cdcsync.bridge import aio
 from cdcsync.config import redact_url, scrub, url_secrets
 from cdcsync.errors import FatalSinkError, RetryableSinkError
-from cdcsync.events import ChangeEvent, Op
+from cdcsync.events import Op
 from cdcsync.flow.batch import Batch, Item, WriteResult
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks import sql
 from cdcsync.sinks.compaction import Kind, TablePlan, plan
 from cdcsync.sinks.postgres_options import SCHEMA, PostgresOptions, parse_options
-from cdcsync.sinks.values import BadValue, canonical_key, rows_json
+from cdcsync.sinks.resolve import Resolution, Resolved, Resolver
+from cdcsync.sinks.values import BadValue, canonical_key, rows_json, suspect
 
 __all__ = ["SPEC", "PostgresOptions", "PostgresSink", "is_retryable"]
 
@@ -74,12 +75,22 @@ class _StaleCatalog(Exception):
     """A statement named a table or column that the catalog no longer has."""
 
 
-@dataclass(slots=True)
-class _Resolved:
-    item: Item
-    table: sql.TableInfo
-    key: Hashable
-    event: ChangeEvent
+# Savepoints released (kept) per transaction while isolating bad events. Every released
+# savepoint that wrote keeps its subtransaction's lock until the top-level commit, and past
+# 64 subtransactions PostgreSQL's per-backend cache overflows (slowing every other session):
+# after this many the isolation commits what it has applied so far, with the checkpoint of
+# that point, and goes on in a new transaction.
+_MAX_KEPT = 32
+
+
+def lock_key(flow: str, destination: str, state_schema: str) -> str:
+    """The advisory-lock name that makes one session the writer of (flow, destination).
+
+    With the default state schema it is the name cdcsync 0.1 used, so an old and a new
+    instance exclude each other during a rolling upgrade.
+    """
+    prefix = "cdcsync" if state_schema == "cdcsync" else f"cdcsync:{state_schema}"
+    return f"{prefix}:{flow}:{destination}"
 
 
 class PostgresSink:
@@ -94,10 +105,18 @@ class PostgresSink:
         self._stream: tuple[str, str] | None = None
         self._checkpoint: int | None = None
         self._sql_cache: dict[Hashable, str] = {}
-        self._cp_select, self._cp_upsert = sql.checkpoint_sql(options.schema)
-        self._dl_insert = sql.dead_letter_sql(options.schema)
-        self._lock_key = f"cdcsync:{flow}:{name}"
+        self._cp_select, self._cp_upsert = sql.checkpoint_sql(options.state_schema)
+        self._dl_insert = sql.dead_letter_sql(options.state_schema)
+        self._lock_key = lock_key(flow, name, options.state_schema)
+        self._resolver = Resolver(
+            schema=options.schema,
+            mapping=options.tables,
+            truncate=options.truncate,
+            unmapped=options.unmapped_tables,
+            canonical_key=canonical_key,
+        )
         self._stale_is_data = False
+        self._prepared = False  # prepared once: a mapped table gone later is waited for
         # Why the last connection attempt failed: a write with no connection says so, so
         # the flow's last_error names the cause (e.g. connection refused), not just
         # "not connected".
@@ -171,21 +190,17 @@ class PostgresSink:
         return self._conn
 
     async def apply_without_checkpoint(self, items: list[Item]) -> list[tuple[Item, str]]:
-        """(asyncio side) Apply items in one transaction; return those that failed, with why.
-
-        For replaying dead letters: no checkpoint, no new dead letters.
+        """(asyncio side) Apply items inside the caller's transaction; return those that
+        failed, with why. For replaying dead letters: no checkpoint, no new dead letters.
         """
         conn = await self.raw_connection()
-        mapping = self.options.tables
-        names = {mapping.get(i.event.table, i.event.table) for i in items if i.event is not None}
         self._tables.clear()
-        await self._aio_lookup(sorted(names))
-        resolved, dead, _skipped, _suspects = self._resolve(items)
+        await self._aio_lookup(self._resolver.targets(items))
+        res = self._resolver.resolve(items, self._tables)
         self._stale_is_data = True
-        async with conn.transaction():
-            if resolved:
-                await self._aio_apply_split(resolved, dead)
-        return dead
+        for group in _runs(res.resolved):
+            await self._aio_isolate(conn, group, res.dead, None)
+        return res.dead
 
     @property
     def checkpoint(self) -> int | None:
@@ -201,7 +216,7 @@ class PostgresSink:
                 f"{_describe(exc, self.options.url)}"
             ]
         try:
-            return await aio(self._aio_check_mapped)
+            return (await aio(self._aio_check_mapped))[1]
         finally:
             await self.close()
 
@@ -228,47 +243,120 @@ class PostgresSink:
     async def _aio_prepare(self) -> int | None:
         conn = self._conn
         assert conn is not None
+        state = self.options.state_schema
         async with conn.transaction():
             # Several flows may start at once against one database: serialize the DDL.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cdcsync:ddl'))")
-            for stmt in sql.system_tables_sql(self.options.schema):
-                await conn.execute(stmt)
-        problems = await self._aio_check_mapped()
+            # CREATE ... IF NOT EXISTS checks the privilege before the existence: skip what
+            # a DBA created beforehand, so cdcsync needs no CREATE right once it exists.
+            have_schema = await conn.fetchval(
+                "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = $1", state
+            )
+            have = await conn.fetchval(
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1 "
+                "AND tablename IN ('checkpoints', 'dead_letters')",
+                state,
+            )
+            if not (have_schema and have == 2):
+                for stmt in sql.system_tables_sql(state):
+                    if have_schema and stmt.startswith("CREATE SCHEMA"):
+                        continue
+                    await conn.execute(stmt)
+            await self._aio_migrate_legacy(conn)
+        missing, problems = await self._aio_check_mapped()
+        if missing and self._prepared and len(missing) == len(problems):
+            # It ran before: a dropped mapped table is an outage to wait out, not a reason
+            # to stop the flow for good (its events stay in the stream meanwhile).
+            raise RetryableSinkError("; ".join(problems))
         if problems:
             raise FatalSinkError("; ".join(problems))
         self._checkpoint = await self._aio_load_checkpoint()
+        self._prepared = True
         return self._checkpoint
+
+    async def _aio_migrate_legacy(self, conn: asyncpg.Connection) -> None:
+        """Move this pair's rows from cdcsync 0.1's tables in the users' schema (upgrade).
+
+        Runs under the writer lock, which 0.1 takes under the same name, so no old instance
+        moves this position meanwhile. The emptied old tables stay (an old instance of
+        another flow may still use them); ``check --connect`` says when to drop them.
+        """
+        schema = self.options.schema
+        found = await conn.fetch(
+            "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = $1 "
+            "AND tablename = ANY($2::text[])",
+            schema,
+            list(sql.LEGACY_TABLES),
+        )
+        if not found:
+            return
+        names = {r[0] for r in found}
+        move_checkpoints, move_letters = sql.legacy_migration_sql(schema, self.options.state_schema)
+        moved: dict[str, int] = {}
+        if "cdcsync_checkpoints" in names:
+            status = await conn.execute(move_checkpoints, self.flow, self.name)
+            moved["checkpoints"] = int(status.split()[-1])
+        if "cdcsync_dead_letters" in names:
+            status = await conn.execute(move_letters, self.flow, self.name)
+            moved["dead_letters"] = int(status.split()[-1])
+        left = (
+            await conn.fetchval(
+                f"SELECT count(*) FROM {sql.quote_ident(schema)}.cdcsync_checkpoints"
+            )
+            if "cdcsync_checkpoints" in names
+            else 0
+        )
+        if not left:
+            log.warning(
+                "cdcsync 0.1's bookkeeping tables are no longer used: drop them once no 0.1 "
+                "instance runs against this database",
+                fix="DROP TABLE IF EXISTS "
+                + ", ".join(f"{sql.quote_ident(schema)}.{t}" for t in sorted(names)),
+            )
+        if any(moved.values()):
+            log.info(
+                "moved bookkeeping rows from the users' schema into the state schema",
+                flow=self.flow,
+                destination=self.name,
+                schema=schema,
+                state_schema=self.options.state_schema,
+                **moved,
+            )
 
     async def _aio_load_checkpoint(self) -> int | None:
         if self._stream is None:
             return None
         assert self._conn is not None
-        row = await self._conn.fetchrow(self._cp_select, self.flow, self.name)
-        if row is None:
-            return None
+        rows = await self._conn.fetch(self._cp_select, self.flow, self.name)
         stream, created = self._stream
-        if row["stream"] != stream or (row["stream_created"] and row["stream_created"] != created):
+        mine = [r for r in rows if r["stream"] == stream and r["partition"] == 0]
+        if not rows:
+            return None
+        if not mine or (mine[0]["stream_created"] and mine[0]["stream_created"] != created):
             log.warning(
                 "checkpoint is for another stream; starting this destination from scratch",
                 flow=self.flow,
                 destination=self.name,
-                checkpoint_stream=row["stream"],
+                checkpoint_stream=(mine or rows)[0]["stream"],
                 stream=stream,
             )
             return None
-        return int(row["last_seq"])
+        return int(mine[0]["last_seq"])
 
-    async def _aio_check_mapped(self) -> list[str]:
+    async def _aio_check_mapped(self) -> tuple[list[str], list[str]]:
+        """(missing mapped tables, every problem with the mapped tables, in words)."""
         targets = sorted(set(self.options.tables.values()))
         if not targets:
-            return []
+            return [], []
         self._tables = {k: v for k, v in self._tables.items() if k not in targets}
         await self._aio_lookup(targets)
         problems = []
+        missing = []
         schema = self.options.schema
         for target in targets:
             info = self._tables.get(target)
             if info is None:
+                missing.append(target)
                 problems.append(
                     f"destination {self.name!r}: table {schema}.{target} does not exist "
                     f"(create it, or fix the 'tables' mapping)"
@@ -279,7 +367,7 @@ class PostgresSink:
                     f"unique index on NOT NULL columns (fix: ALTER TABLE "
                     f"{sql.quote_ident(schema)}.{sql.quote_ident(target)} ADD PRIMARY KEY (...))"
                 )
-        return problems
+        return missing, problems
 
     async def _aio_lookup(self, names: list[str]) -> None:
         """Read table definitions from the catalog for names not cached yet."""
@@ -297,7 +385,7 @@ class PostgresSink:
         keys: dict[int, list[tuple[bool, list[str], bool]]] = {oid: [] for oid in oids}
         if oids:
             for r in await conn.fetch(sql.CATALOG_COLUMNS, list(oids)):
-                columns[r[0]][r[1]] = sql.Column(r[1], r[2], r[3], r[4], r[5])
+                columns[r[0]][r[1]] = sql.Column(r[1], r[2], r[3], r[4], r[5], r[6])
             for r in await conn.fetch(sql.CATALOG_KEYS, list(oids)):
                 keys[r[0]].append((r[1], list(r[2]), r[3]))
         if len(self._tables) > 10_000:
@@ -321,84 +409,6 @@ class PostgresSink:
             await self._aio_lookup(stale)
         return bool(stale)
 
-    def _resolve(
-        self, items: list[Item]
-    ) -> tuple[list[_Resolved], list[tuple[Item, str]], int, set[str]]:
-        """Name every event's table and key from the catalog, or say why it cannot be applied.
-
-        Also returns the target names that were unknown or lacked a column: the caller
-        re-reads those from the catalog (a migration may have just added them).
-        """
-        resolved: list[_Resolved] = []
-        dead: list[tuple[Item, str]] = []
-        suspects: set[str] = set()
-        skipped = 0
-        mapping = self.options.tables
-        schema = self.options.schema
-        shapes: dict[tuple[str, tuple[str, ...]], tuple[list[str], bool]] = {}
-        for item in items:
-            if item.error is not None:
-                dead.append((item, item.error))
-                continue
-            ev = item.event
-            if ev is None:
-                skipped += 1
-                continue
-            target = mapping.get(ev.table, ev.table)
-            info = self._tables.get(target)
-            if info is None:
-                suspects.add(target)
-                shown = f"{ev.table!r}" + (f" (mapped to {target!r})" if target != ev.table else "")
-                dead.append((item, f"unknown table {shown} in schema {schema!r}"))
-                continue
-            if not info.key:
-                dead.append(
-                    (item, f"table {schema}.{target} has no primary key or usable unique index")
-                )
-                continue
-            if ev.op is Op.TRUNCATE:
-                if self.options.truncate:
-                    resolved.append(_Resolved(item, info, None, ev))
-                else:
-                    skipped += 1
-                continue
-            cols = info.columns
-            data = ev.data
-            # Events of one table mostly share a few column sets: check each set once.
-            shape = (target, tuple(data))
-            checked = shapes.get(shape)
-            if checked is None:
-                checked = shapes[shape] = (
-                    [c for c in data if c not in cols],
-                    any(cols[c].generated for c in data if c in cols),
-                )
-            unknown, generated = checked
-            if unknown:
-                suspects.add(target)
-                shown_cols = ", ".join(repr(c) for c in unknown[:5])
-                dead.append((item, f"unknown column(s) {shown_cols} in table {schema}.{target}"))
-                continue
-            if generated:
-                data = {c: v for c, v in data.items() if not cols[c].generated}
-                ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
-            try:
-                key = tuple(canonical_key(data[c], cols[c].type) for c in info.key)
-                hash(key)
-            except KeyError:
-                missing = [c for c in info.key if c not in data]
-                dead.append(
-                    (item, f"missing primary key column(s) {missing} for {schema}.{target}")
-                )
-                continue
-            except (TypeError, ArithmeticError, ValueError):
-                dead.append((item, f"primary key of {schema}.{target} must be scalar values"))
-                continue
-            if any(v is None for v in key):
-                dead.append((item, f"primary key of {schema}.{target} contains null"))
-                continue
-            resolved.append(_Resolved(item, info, key, ev))
-        return resolved, dead, skipped, suspects
-
     def _sql(self, cache_key: Hashable, build: Any, *args: Any) -> str:
         text = self._sql_cache.get(cache_key)
         if text is None:
@@ -407,7 +417,7 @@ class PostgresSink:
             text = self._sql_cache[cache_key] = build(*args)
         return text
 
-    async def _aio_execute(self, group: list[_Resolved]) -> None:
+    async def _aio_execute(self, group: list[Resolved]) -> None:
         """Run the set-based statements for a group of resolved events, wave by wave."""
         conn = self._conn
         assert conn is not None
@@ -481,24 +491,6 @@ class PostgresSink:
             raise _StaleCatalog from exc
         return _describe(exc)
 
-    async def _aio_apply_split(self, group: list[_Resolved], dead: list[tuple[Item, str]]) -> int:
-        """Apply in savepoints, halving on data errors until the bad events stand alone."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            async with conn.transaction():
-                await self._aio_execute(group)
-            return len(group)
-        except (BadValue, asyncpg.PostgresError) as exc:
-            reason = self._data_error(exc)
-            if len(group) == 1:
-                dead.append((group[0].item, reason))
-                return 0
-        mid = len(group) // 2
-        return await self._aio_apply_split(group[:mid], dead) + await self._aio_apply_split(
-            group[mid:], dead
-        )
-
     async def _aio_write(self, items: list[Item]) -> WriteResult:
         started = time.perf_counter()
         conn = self._conn
@@ -518,29 +510,34 @@ class PostgresSink:
             todo.append(item)
         if not todo:
             return WriteResult(skipped=skipped, seconds=time.perf_counter() - started)
-        mapping = self.options.tables
-        names = {mapping.get(i.event.table, i.event.table) for i in todo if i.event is not None}
-        await self._aio_lookup(sorted(names))
+        names = self._resolver.targets(todo)
+        await self._aio_lookup(names)
         for attempt in range(3):
             # After two catalog refreshes, a schema error is the event's fault: dead-letter it.
             self._stale_is_data = attempt == 2
-            resolved, dead, skip2, suspects = self._resolve(todo)
-            if suspects and await self._aio_refresh(suspects):
-                resolved, dead, skip2, suspects = self._resolve(todo)
+            res = self._resolver.resolve(todo, self._tables)
+            if res.suspects and await self._aio_refresh(res.suspects):
+                res = self._resolver.resolve(todo, self._tables)
+            if res.missing_mapped:
+                shown = ", ".join(f"{self.options.schema}.{t}" for t in sorted(res.missing_mapped))
+                raise RetryableSinkError(
+                    f"mapped table {shown} does not exist (dropped?): waiting for it to be "
+                    f"recreated; nothing is acknowledged meanwhile"
+                )
             try:
-                written = await self._aio_transaction(resolved, dead, last, split=attempt > 0)
+                written = await self._aio_transaction(res, todo, last, split=attempt > 0)
             except _StaleCatalog:
                 self._tables.clear()
-                await self._aio_lookup(sorted(names))
+                await self._aio_lookup(names)
                 continue
             self._checkpoint = last if checkpointed else None
             return WriteResult(
-                written, len(dead), skipped + skip2, seconds=time.perf_counter() - started
+                written, len(res.dead), skipped + res.skipped, seconds=time.perf_counter() - started
             )
         raise RetryableSinkError("catalog keeps changing under the batch; retrying later")
 
     async def _aio_transaction(
-        self, resolved: list[_Resolved], dead: list[tuple[Item, str]], last: int, split: bool
+        self, res: Resolution, todo: list[Item], last: int, split: bool
     ) -> int:
         conn = self._conn
         assert conn is not None
@@ -548,16 +545,67 @@ class PostgresSink:
             # Fast path: no savepoints. A data error rolls back and we come back to split.
             try:
                 async with conn.transaction():
-                    if resolved:
-                        await self._aio_execute(resolved)
-                    await self._aio_finish(dead, last)
-                return len(resolved)
+                    if res.resolved:
+                        await self._aio_execute(res.resolved)
+                    await self._aio_finish(res.dead, last)
+                return len(res.resolved)
             except (BadValue, asyncpg.PostgresError) as exc:
                 self._data_error(exc)
-        async with conn.transaction():
-            written = await self._aio_apply_split(resolved, dead) if resolved else 0
-            await self._aio_finish(dead, last)
+        return await self._aio_isolate_batch(conn, res, todo, last)
+
+    async def _aio_isolate_batch(
+        self, conn: asyncpg.Connection, res: Resolution, todo: list[Item], last: int
+    ) -> int:
+        """Apply a batch that failed as a whole, dead-lettering exactly the events that fail.
+
+        Events are tried in stream order, in runs: values that look wrong for their column
+        (:func:`suspect`) stand alone, the events between them go together; a run that still
+        fails is halved until its bad events stand alone. Each try is a savepoint; locks stay
+        bounded because after ``_MAX_KEPT`` released savepoints the transaction commits what
+        it has (rows, dead letters and the checkpoint of that point in the stream: a batch
+        prefix, so a crash in between resumes exactly there) and a new one starts.
+        """
+        position = {id(item): i for i, item in enumerate(todo)}
+        dead = res.dead
+        tx = conn.transaction()
+        await tx.start()
+        isolation = _Isolation(self, conn, tx, todo, position, dead)
+        try:
+            written = 0
+            for group in _runs(res.resolved):
+                written += await self._aio_isolate(conn, group, dead, isolation)
+            dead.sort(key=lambda d: position[id(d[0])])
+            await self._aio_finish(dead[isolation.flushed :], last)
+            await isolation.tx.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a failed commit has ended it already
+                await isolation.tx.rollback()
+            raise
         return written
+
+    async def _aio_isolate(
+        self,
+        conn: asyncpg.Connection,
+        group: list[Resolved],
+        dead: list[tuple[Item, str]],
+        isolation: _Isolation | None,
+    ) -> int:
+        """Apply ``group`` in a savepoint, halving it on data errors; returns rows applied."""
+        try:
+            async with conn.transaction():
+                await self._aio_execute(group)
+        except (BadValue, asyncpg.PostgresError) as exc:
+            reason = self._data_error(exc)
+            if len(group) == 1:
+                dead.append((group[0].item, reason))
+                return 0
+            mid = len(group) // 2
+            return await self._aio_isolate(conn, group[:mid], dead, isolation) + (
+                await self._aio_isolate(conn, group[mid:], dead, isolation)
+            )
+        if isolation is not None:
+            await isolation.kept(group[-1].item)
+        return len(group)
 
     async def _aio_finish(self, dead: list[tuple[Item, str]], last: int) -> None:
         conn = self._conn
@@ -569,13 +617,73 @@ class PostgresSink:
                 self.name,
                 [i.delivery.subject.replace("\x00", "") for i, _ in dead],
                 [i.delivery.seq if self._stream is not None else None for i, _ in dead],
+                [None for _ in dead],
                 [i.delivery.data for i, _ in dead],
                 [reason.replace("\x00", "") for _, reason in dead],
                 [i.event.table.replace("\x00", "") if i.event else None for i, _ in dead],
             )
         if self._stream is not None:
             stream, created = self._stream
-            await conn.execute(self._cp_upsert, self.flow, self.name, stream, created, last)
+            await conn.execute(self._cp_upsert, self.flow, self.name, stream, 0, created, last)
+
+
+class _Isolation:
+    """The commit-as-you-go state of :meth:`PostgresSink._aio_isolate_batch`."""
+
+    def __init__(
+        self,
+        sink: PostgresSink,
+        conn: asyncpg.Connection,
+        tx: Any,
+        todo: list[Item],
+        position: dict[int, int],
+        dead: list[tuple[Item, str]],
+    ) -> None:
+        self.sink, self.conn, self.tx = sink, conn, tx
+        self.todo, self.position, self.dead = todo, position, dead
+        self.count = 0
+        self.flushed = 0  # dead[:flushed] are written
+
+    async def kept(self, last_item: Item) -> None:
+        """A savepoint was released; past the budget, commit through ``last_item``."""
+        self.count += 1
+        if self.count < _MAX_KEPT:
+            return
+        # Everything up to last_item (in stream order) is applied or known bad.
+        end = self.position[id(last_item)]
+        self.dead.sort(key=lambda d: self.position[id(d[0])])
+        now = [d for d in self.dead[self.flushed :] if self.position[id(d[0])] <= end]
+        seq = self.todo[end].delivery.seq
+        await self.sink._aio_finish(now, seq)
+        await self.tx.commit()
+        self.flushed += len(now)
+        if self.sink._stream is not None:
+            self.sink._checkpoint = seq  # a retry of this batch skips what is committed
+        self.tx = self.conn.transaction()
+        await self.tx.start()
+        self.count = 0
+
+
+def _runs(resolved: list[Resolved]) -> list[list[Resolved]]:
+    """Stream-ordered runs to try one savepoint each: a suspect event alone, else together."""
+    runs: list[list[Resolved]] = []
+    current: list[Resolved] = []
+    for r in resolved:
+        if _is_suspect(r):
+            if current:
+                runs.append(current)
+                current = []
+            runs.append([r])
+        else:
+            current.append(r)
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _is_suspect(r: Resolved) -> bool:
+    cols = r.table.columns
+    return any(suspect(v, cols[c].type) for c, v in r.event.data.items() if c in cols)
 
 
 SPEC = ComponentSpec(

@@ -10,6 +10,7 @@ import strictyaml as sy
 
 from cdcsync.config import EnvBool, EnvEnum, EnvStr, described, redact_url, url_secrets
 from cdcsync.sinks.compaction import Mode
+from cdcsync.sinks.sql import RESERVED_PREFIX
 
 __all__ = ["SCHEMA", "PostgresOptions", "parse_options"]
 
@@ -22,6 +23,8 @@ class PostgresOptions:
     tables: dict[str, str] = field(default_factory=dict)
     truncate: bool = False
     connect_timeout_s: float = 10.0
+    state_schema: str = "cdcsync"
+    unmapped_tables: str = "apply"
 
     def redacted(self) -> dict[str, Any]:
         return {
@@ -30,6 +33,8 @@ class PostgresOptions:
             "conflict_resolution": self.conflict_resolution.value,
             "tables": dict(self.tables),
             "truncate": self.truncate,
+            "state_schema": self.state_schema,
+            "unmapped_tables": self.unmapped_tables,
         }
 
 
@@ -43,12 +48,30 @@ def parse_options(data: dict[str, Any]) -> PostgresOptions:
                 f"url {redact_url(url)!r}: the password contains '/', '#', '?' or '@'; "
                 f"percent-encode it (%2F, %23, %3F, %40)"
             )
+    schema, state_schema = data["schema"], data["state_schema"]
+    for key, name in (("schema", schema), ("state_schema", state_schema)):
+        if not name or "\x00" in name:
+            raise ValueError(f"{key} must be a non-empty schema name")
+    if schema == state_schema:
+        raise ValueError(
+            f"schema and state_schema are both {schema!r}: cdcsync's own tables must not share "
+            f"a schema with the tables events write (set state_schema to another name)"
+        )
+    tables = dict(data.get("tables") or {})
+    for source, target in tables.items():
+        if target.lower().startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"tables: {source!r} maps to {target!r}; names starting with "
+                f"{RESERVED_PREFIX!r} are reserved for cdcsync's own tables"
+            )
     return PostgresOptions(
         url=url,
-        schema=data["schema"],
+        schema=schema,
         conflict_resolution=Mode(data["conflict_resolution"]),
-        tables=dict(data.get("tables") or {}),
+        tables=tables,
         truncate=data["truncate"],
+        state_schema=state_schema,
+        unmapped_tables=data["unmapped_tables"],
     )
 
 
@@ -61,9 +84,15 @@ SCHEMA = {
     ),
     sy.Optional("schema", default="public"): described(
         EnvStr(),
-        "Schema of the target tables, and where cdcsync creates `cdcsync_checkpoints` and "
-        "`cdcsync_dead_letters`. The schema itself must exist.",
+        "Schema of the target tables. It must exist. Events only ever write tables of this schema.",
         example="replica",
+    ),
+    sy.Optional("state_schema", default="cdcsync"): described(
+        EnvStr(),
+        "Schema where cdcsync keeps its own tables (`checkpoints`, `dead_letters`); created "
+        "when missing, must differ from `schema`. No event can write it. Deployments that "
+        "share a database keep apart by flow names or by their own state schema.",
+        example="cdcsync_staging",
     ),
     sy.Optional("conflict_resolution", default="upsert"): described(
         EnvEnum("upsert", "replace", "ignore"),
@@ -75,8 +104,16 @@ SCHEMA = {
     sy.Optional("tables"): described(
         sy.MapPattern(EnvStr(), EnvStr()),
         "Event table name to target table name. Mapped tables are checked at start-up "
-        "(they must exist and have a key); other names are used as they are.",
+        "(they must exist and have a key); other names are used as they are, unless "
+        "`unmapped_tables: dead_letter`.",
         example="{users: app_users}",
+    ),
+    sy.Optional("unmapped_tables", default="apply"): described(
+        EnvEnum("apply", "dead_letter"),
+        "`apply`: an event for a table not in `tables` goes to the table of that name in "
+        "`schema` (if it exists); `dead_letter`: only mapped tables are written, other events "
+        "are dead letters. Names starting with `cdcsync_` are never written.",
+        example="dead_letter",
     ),
     sy.Optional("truncate", default=False): described(
         EnvBool(),

@@ -17,11 +17,15 @@ __all__ = [
     "CATALOG_COLUMNS",
     "CATALOG_KEYS",
     "CATALOG_TABLES",
+    "LEGACY_TABLES",
+    "RESERVED_PREFIX",
     "Column",
     "TableInfo",
     "checkpoint_sql",
     "dead_letter_sql",
+    "dead_letter_table",
     "delete_sql",
+    "legacy_migration_sql",
     "pick_key",
     "quote_ident",
     "system_tables_sql",
@@ -44,6 +48,7 @@ class Column:
     not_null: bool
     has_default: bool
     generated: bool
+    nested: bool = False  # takes a JSON array or object (json, jsonb, array, composite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +76,15 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p')
 """
 
+# ``nested``: the column's type (or a domain's base type) takes a JSON array or object;
+# json_populate_recordset would store either as its JSON text in any other column.
 CATALOG_COLUMNS = """
 SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
-       a.attnotnull, a.atthasdef, a.attgenerated <> ''
+       a.attnotnull, a.atthasdef, a.attgenerated <> '',
+       b.typcategory IN ('A', 'C') OR b.oid IN ('json'::regtype, 'jsonb'::regtype)
 FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
@@ -145,52 +155,102 @@ def truncate_sql(table: TableInfo) -> str:
     return f"TRUNCATE {table.qualified}"
 
 
-def system_tables_sql(schema: str) -> list[str]:
-    """DDL for the checkpoint and dead-letter tables in the destination's schema."""
-    s = quote_ident(schema)
+def system_tables_sql(state_schema: str) -> list[str]:
+    """DDL for cdcsync's own tables, in their own schema (never the users' tables' schema).
+
+    One checkpoint row per (flow, destination, stream, partition): a JetStream stream is
+    partition 0; a Kafka topic's partitions are its own rows.
+    """
+    s = quote_ident(state_schema)
     return [
-        f"""CREATE TABLE IF NOT EXISTS {s}.cdcsync_checkpoints (
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}.checkpoints (
             flow text NOT NULL,
             destination text NOT NULL,
             stream text NOT NULL,
+            partition integer NOT NULL DEFAULT 0,
             stream_created text NOT NULL DEFAULT '',
             last_seq bigint NOT NULL,
             updated_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (flow, destination))""",
-        f"""CREATE TABLE IF NOT EXISTS {s}.cdcsync_dead_letters (
+            PRIMARY KEY (flow, destination, stream, partition))""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.dead_letters (
             id bigserial PRIMARY KEY,
             flow text NOT NULL,
             destination text NOT NULL,
             subject text,
             stream_seq bigint,
+            partition integer,
             payload bytea,
             error text NOT NULL,
             table_name text,
             failed_at timestamptz NOT NULL DEFAULT now())""",
-        f"""CREATE INDEX IF NOT EXISTS cdcsync_dead_letters_flow_idx
-            ON {s}.cdcsync_dead_letters (flow, failed_at)""",
+        f"""CREATE INDEX IF NOT EXISTS dead_letters_flow_idx
+            ON {s}.dead_letters (flow, destination, failed_at)""",
     ]
 
 
-def checkpoint_sql(schema: str) -> tuple[str, str]:
-    """(select, upsert) statements for the checkpoint row of a (flow, destination)."""
-    t = f"{quote_ident(schema)}.cdcsync_checkpoints"
+LEGACY_TABLES = ("cdcsync_checkpoints", "cdcsync_dead_letters")
+RESERVED_PREFIX = "cdcsync_"
+
+
+def legacy_migration_sql(schema: str, state_schema: str) -> tuple[str, str]:
+    """Move one (flow, destination)'s rows from the tables of cdcsync 0.1 (which lived in the
+    users' schema as ``cdcsync_checkpoints`` / ``cdcsync_dead_letters``) into the state schema.
+
+    Run in one transaction by the writer of that (flow, destination), so no other writer can
+    move its position meanwhile; a newer row already in the state schema wins.
+    """
+    old, new = quote_ident(schema), quote_ident(state_schema)
+    checkpoints = (
+        f"WITH moved AS (DELETE FROM {old}.cdcsync_checkpoints "
+        f"WHERE flow = $1 AND destination = $2 RETURNING *) "
+        f"INSERT INTO {new}.checkpoints AS c "
+        f"(flow, destination, stream, partition, stream_created, last_seq, updated_at) "
+        f"SELECT flow, destination, stream, 0, stream_created, last_seq, updated_at FROM moved "
+        f"ON CONFLICT (flow, destination, stream, partition) DO UPDATE SET "
+        f"stream_created = EXCLUDED.stream_created, last_seq = EXCLUDED.last_seq, "
+        f"updated_at = EXCLUDED.updated_at "
+        f"WHERE c.updated_at < EXCLUDED.updated_at"
+    )
+    letters = (
+        f"WITH moved AS (DELETE FROM {old}.cdcsync_dead_letters "
+        f"WHERE flow = $1 AND destination = $2 RETURNING *) "
+        f"INSERT INTO {new}.dead_letters "
+        f"(flow, destination, subject, stream_seq, payload, error, table_name, failed_at) "
+        f"SELECT flow, destination, subject, stream_seq, payload, error, table_name, failed_at "
+        f"FROM moved ORDER BY id"
+    )
+    return checkpoints, letters
+
+
+def checkpoint_sql(state_schema: str) -> tuple[str, str]:
+    """(select, upsert) statements for the checkpoint rows of a (flow, destination).
+
+    The select returns every stream and partition of the pair (the caller picks its own);
+    the upsert takes (flow, destination, stream, partition, stream_created, last_seq).
+    """
+    t = f"{quote_ident(state_schema)}.checkpoints"
     select = (
-        f"SELECT stream, stream_created, last_seq FROM {t} WHERE flow = $1 AND destination = $2"
+        f"SELECT stream, partition, stream_created, last_seq FROM {t} "
+        f"WHERE flow = $1 AND destination = $2"
     )
     upsert = (
-        f"INSERT INTO {t} (flow, destination, stream, stream_created, last_seq) "
-        f"VALUES ($1, $2, $3, $4, $5) ON CONFLICT (flow, destination) DO UPDATE SET "
-        f"stream = EXCLUDED.stream, stream_created = EXCLUDED.stream_created, "
+        f"INSERT INTO {t} (flow, destination, stream, partition, stream_created, last_seq) "
+        f"VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (flow, destination, stream, partition) "
+        f"DO UPDATE SET stream_created = EXCLUDED.stream_created, "
         f"last_seq = EXCLUDED.last_seq, updated_at = now()"
     )
     return select, upsert
 
 
-def dead_letter_sql(schema: str) -> str:
-    t = f"{quote_ident(schema)}.cdcsync_dead_letters"
+def dead_letter_table(state_schema: str) -> str:
+    return f"{quote_ident(state_schema)}.dead_letters"
+
+
+def dead_letter_sql(state_schema: str) -> str:
     return (
-        f"INSERT INTO {t} (flow, destination, subject, stream_seq, payload, error, table_name) "
-        f"SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], "
-        f"$7::text[])"
+        f"INSERT INTO {dead_letter_table(state_schema)} "
+        f"(flow, destination, subject, stream_seq, partition, payload, error, table_name) "
+        f"SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::integer[], $6::bytea[], "
+        f"$7::text[], $8::text[])"
     )

@@ -9,13 +9,52 @@ from __future__ import annotations
 import contextlib
 import decimal
 import json
+import re
 from typing import Any
 
 import orjson
 
-__all__ = ["BadValue", "canonical_key", "rows_json"]
+__all__ = ["BadValue", "canonical_key", "rows_json", "suspect"]
 
 _INT_TYPES = {"smallint", "integer", "bigint"}
+_INT_RANGE = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+_INT_TEXT = re.compile(r"[ \t\n\r\f\v]*[+-]?[0-9]+[ \t\n\r\f\v]*")
+_BOOL_TEXT = {"t", "true", "y", "yes", "on", "1", "f", "false", "n", "no", "off", "0"}
+_VARCHAR = re.compile(r"character(?: varying)?\((\d+)\)")
+
+
+def suspect(value: Any, pg_type: str) -> bool:
+    """True when ``value`` looks like it will not fit a column of ``pg_type``.
+
+    Only a hint for isolating bad events with few round trips (a suspect is tried on
+    its own); PostgreSQL still decides, so a wrong guess costs a savepoint, never a row.
+    """
+    if value is None or isinstance(value, (dict, list)):
+        return False
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True  # PostgreSQL text cannot hold NUL
+        if pg_type in _INT_TYPES:
+            if _INT_TEXT.fullmatch(value) is None:
+                return True
+            return abs(int(value)) >= _INT_RANGE[pg_type]
+        if pg_type == "boolean":
+            return value.strip().lower() not in _BOOL_TEXT
+        if pg_type.startswith("numeric") or pg_type in ("real", "double precision"):
+            try:
+                decimal.Decimal(value.strip())
+            except ArithmeticError:
+                return True
+            return False
+        match = _VARCHAR.fullmatch(pg_type) if pg_type.startswith("character") else None
+        return match is not None and len(value) > int(match.group(1))
+    if pg_type in _INT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return not (isinstance(value, float) and value.is_integer())
+        return abs(value) >= _INT_RANGE[pg_type]
+    if pg_type == "boolean":
+        return not isinstance(value, bool) and value not in (0, 1)
+    return False
 
 
 def canonical_key(value: Any, pg_type: str) -> Any:

@@ -146,6 +146,7 @@ class World:
         type: postgres
         url: "{pg_url or self.pg_url}"
         schema: {self.unique}
+        state_schema: {self.unique}_state
         conflict_resolution: upsert
 """
         return out
@@ -180,7 +181,11 @@ class World:
 
     def drop_schema(self, url: str | None = None) -> None:
         with contextlib.suppress(OSError, asyncpg.PostgresError):
-            self.execute(f"DROP SCHEMA IF EXISTS {self.unique} CASCADE", url)
+            self.execute(
+                f"DROP SCHEMA IF EXISTS {self.unique} CASCADE; "
+                f"DROP SCHEMA IF EXISTS {self.unique}_state CASCADE",
+                url,
+            )
 
     def delete_streams(self, flows: tuple[str, ...] = ("users", "orders")) -> None:
         """Remove this test's JetStream streams from the shared server."""

@@ -38,7 +38,8 @@ def flow_text(env: Env, name: str, destinations: list[tuple[str, str]]) -> str:
       - name: {dname}
         type: postgres
         url: "{env.pg_url}"
-        schema: {schema}"""
+        schema: {schema}
+        state_schema: {env.state}"""
         for dname, schema in destinations
     )
     return f"""

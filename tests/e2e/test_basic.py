@@ -29,7 +29,6 @@ async def test_jetstream_events_land_in_order(env: Env, nursery: trio.Nursery) -
     assert rows[0] == {"id": 1, "name": "u1", "email": "1@x", "score": 7}
     assert rows[60] == {"id": 61, "name": "u61", "email": None, "score": 7}
     cp = await env.sql(
-        f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints "
-        "WHERE flow='f' AND destination='primary'"
+        f"SELECT last_seq FROM {env.state}.checkpoints WHERE flow='f' AND destination='primary'"
     )
     assert cp[0]["last_seq"] == 300

@@ -40,8 +40,7 @@ async def applied(env: Env, flow: str, dest: str, seq: int, url: str | None = No
 
     async def check() -> bool:
         rows = await env.sql(
-            f"SELECT last_seq FROM {env.schema}.cdcsync_checkpoints "
-            "WHERE flow = $1 AND destination = $2",
+            f"SELECT last_seq FROM {env.state}.checkpoints WHERE flow = $1 AND destination = $2",
             flow,
             dest,
             url=url,
@@ -112,6 +111,7 @@ async def test_single_flow_shorthand_with_core_nats(env: Env, nursery: trio.Nurs
         postgres:
           url: "{env.pg_url}"
           schema: {env.schema}
+          state_schema: {env.state}
           conflict_resolution: upsert
         pipeline:
           batch_size: 100
@@ -127,7 +127,7 @@ async def test_single_flow_shorthand_with_core_nats(env: Env, nursery: trio.Nurs
         await env.publish(f"{subject}.users", events, jetstream=False)
 
         async def done() -> bool:
-            letters = await env.sql(f"SELECT count(*) FROM {env.schema}.cdcsync_dead_letters")
+            letters = await env.sql(f"SELECT count(*) FROM {env.state}.dead_letters")
             return await env.count("users") == 90 and letters[0][0] == 1
 
         await wait_until(done, what="90 rows and one dead letter")

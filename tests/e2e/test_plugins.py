@@ -20,7 +20,7 @@ async def test_entry_point_destination_receives_events(
     flow = "\n".join(
         line
         for line in flow.splitlines()
-        if not line.strip().startswith(("url:", "schema:", "conflict_resolution:"))
+        if not line.strip().startswith(("url:", "schema:", "state_schema:", "conflict_resolution:"))
     )
     async with env.running(env.config(flow + "\n"), nursery):
         await env.publish(

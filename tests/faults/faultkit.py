@@ -186,12 +186,13 @@ async def create_schema(url: str, schema: str, ddl: str = FAULT_DDL) -> None:
 async def drop_schema(url: str, schema: str) -> None:
     with contextlib.suppress(OSError, asyncpg.PostgresError):
         await sql(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await sql(url, f"DROP SCHEMA IF EXISTS {schema}_state CASCADE")
 
 
 async def checkpoint(url: str, schema: str, flow: str = "f") -> int | None:
     try:
         rows = await sql(
-            url, f"SELECT last_seq FROM {schema}.cdcsync_checkpoints WHERE flow = $1", flow
+            url, f"SELECT last_seq FROM {schema}_state.checkpoints WHERE flow = $1", flow
         )
     except asyncpg.UndefinedTableError:
         return None
@@ -240,7 +241,7 @@ async def outcome_problems(url: str, schema: str, work: Workload) -> list[str]:
             f"{len(extra)} extra {extra[:5]}, {len(wrong)} wrong "
             + ", ".join(f"{rows[k]} != {work.state[k]}" for k in wrong[:3])
         )
-    dead = await sql(url, f"SELECT stream_seq, error FROM {schema}.cdcsync_dead_letters LIMIT 5")
+    dead = await sql(url, f"SELECT stream_seq, error FROM {schema}_state.dead_letters LIMIT 5")
     if dead:
         problems.append(f"dead letters: {[tuple(r) for r in dead]}")
     return problems
@@ -310,6 +311,7 @@ flows:
         type: postgres
         url: "{pg_url}"
         schema: {schema}
+        state_schema: {schema}_state
         conflict_resolution: upsert
 """
 

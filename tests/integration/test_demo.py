@@ -174,13 +174,13 @@ def _check_rows(shop_url: str, analytics_url: str, schema: str) -> None:
     assert count > 0
 
     def reasons() -> set[str] | None:
-        rows = _query(shop_url, f"SELECT flow, error FROM {schema}.cdcsync_dead_letters")
+        rows = _query(shop_url, f"SELECT flow, error FROM {schema}_state.dead_letters")
         found = {r for r in BAD_REASONS if any(r in row["error"] for row in rows)}
         flows = {row["flow"] for row in rows}
         return found if found == set(BAD_REASONS) and len(flows) == 3 else None
 
     _eventually(reasons, 60, "every kind of bad message dead-lettered")
-    rows = _query(analytics_url, f"SELECT flow, error FROM {schema}.cdcsync_dead_letters")
+    rows = _query(analytics_url, f"SELECT flow, error FROM {schema}_state.dead_letters")
     assert rows and {r["flow"] for r in rows} == {"orders"}
 
 
@@ -275,7 +275,7 @@ def test_keep_data_is_kept_and_reused(tmp_path: Path) -> None:
         second = _demo_here(args, _clean_env(**_unreachable()), tmp_path / "second.err")
         fields = second.banner(timeout=120)
         again_url = re.search(r"postgresql://\S+", fields["rows"])[0]  # type: ignore[index]
-        (dead,) = _query(again_url, "SELECT count(*) FROM demo.cdcsync_dead_letters")[0]
+        (dead,) = _query(again_url, "SELECT count(*) FROM demo_state.dead_letters")[0]
         (users,) = _query(again_url, "SELECT count(*) FROM demo.users")[0]
         assert dead > 0 and users > 0  # the first run's, before this run wrote anything much
         (top,) = _query(again_url, "SELECT max(id) FROM demo.users")[0]

@@ -440,7 +440,7 @@ class Soak:
                 try:
                     rows = await sql(
                         self.url(d.database),
-                        "SELECT last_seq FROM public.cdcsync_checkpoints "
+                        "SELECT last_seq FROM cdcsync.checkpoints "
                         "WHERE flow = $1 AND destination = $2",
                         f.name,
                         d.name,
@@ -538,7 +538,7 @@ class Soak:
                             )
                 letters = await sql(
                     self.url(d.database),
-                    "SELECT stream_seq, payload FROM public.cdcsync_dead_letters "
+                    "SELECT stream_seq, payload FROM cdcsync.dead_letters "
                     "WHERE flow = $1 AND destination = $2",
                     f.name,
                     d.name,
