@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import trio
 
 from cdcsync import registry
 from cdcsync.bridge import open_bridge
 from cdcsync.config import Config
-from cdcsync.errors import CdcSyncError
 
 __all__ = ["connect_problems", "warnings"]
 
@@ -100,27 +98,6 @@ def _explain(text: str, fixes: list[tuple[str, str, str]]) -> str:
     return text
 
 
-async def _source_problems(flow_name: str, source: Any) -> list[str]:
-    try:
-        with trio.move_on_after(10) as scope:
-            await source.connect()
-            stream = await source.identity(create=False)
-        if scope.cancelled_caught:
-            return [_explain(f"flow {flow_name!r}: NATS did not answer within 10 s", _NATS_FIXES)]
-    except CdcSyncError as exc:
-        return [_explain(f"flow {flow_name!r}: {exc}", _NATS_FIXES)]
-    finally:
-        await source.close()
-    js = getattr(source.options, "jetstream", None)
-    if stream == ("", "") and js is not None and not js.create_stream:
-        return [
-            f"flow {flow_name!r}: JetStream stream {js.stream!r} does not exist and "
-            f"create_stream is false (fix: create it for subject {source.options.subject!r}, "
-            f"or set create_stream: true)"
-        ]
-    return []
-
-
 async def connect_problems(config: Config) -> list[str]:
     """Connect to every server and check every mapped table; returns problems with their line."""
     problems: list[str] = []
@@ -128,8 +105,11 @@ async def connect_problems(config: Config) -> list[str]:
         for flow in config.flows:
             spec = registry.sources()[flow.source.type]
             source = spec.factory(flow.name, flow.source.options)
-            for p in await _source_problems(flow.name, source):
-                problems.append(f"{config.path}:{flow.source.line}: {p}")
+            for p in await source.problems():
+                problems.append(
+                    f"{config.path}:{flow.source.line}: "
+                    + _explain(f"flow {flow.name!r}: {p}", _NATS_FIXES)
+                )
             for dest in flow.destinations:
                 dspec = registry.destinations()[dest.type]
                 sink = dspec.factory(flow.name, dest.name, dest.options)

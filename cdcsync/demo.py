@@ -36,7 +36,7 @@ from cdcsync import embedded, logs
 from cdcsync.demo_workload import BAD_EVERY, Shop, schema_sql
 from cdcsync.errors import CdcSyncError
 from cdcsync.progress import Progress
-from cdcsync.sinks.sql import quote_ident
+from cdcsync.sinks.postgres.sql import quote_ident
 
 __all__ = ["DemoOptions", "run"]
 

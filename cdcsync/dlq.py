@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from functools import partial
 
 from cdcsync import registry
 from cdcsync.bridge import open_bridge
 from cdcsync.config import Config, redact_url
 from cdcsync.errors import CdcSyncError
-from cdcsync.sinks import dead_letters
-from cdcsync.sinks.postgres import PostgresSink
+from cdcsync.flow.stages import decode_batch
+from cdcsync.plugin import Destination
 
 __all__ = ["run"]
 
 
-def _sinks(config: Config, args: argparse.Namespace) -> list[tuple[PostgresSink, str, int]]:
-    """(sink, format, max_bytes) for each selected destination."""
+def _sinks(config: Config, args: argparse.Namespace) -> list[tuple[Destination, str, int]]:
+    """(destination, format, max_bytes) for each selected destination."""
     out = []
     for flow in config.flows:
         if args.flow and flow.name != args.flow:
@@ -24,8 +25,6 @@ def _sinks(config: Config, args: argparse.Namespace) -> list[tuple[PostgresSink,
         opts = flow.source.options
         for dest in flow.destinations:
             if args.destination and dest.name != args.destination:
-                continue
-            if dest.type != "postgres":
                 continue
             spec = registry.destinations()[dest.type]
             out.append(
@@ -58,10 +57,11 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     before = _before(args.before) if args.dlq_command == "purge" else None
     async with open_bridge():
         for sink, fmt, max_bytes in _sinks(config, args):
-            where = f"{sink.flow}/{sink.name} ({redact_url(sink.options.url)})"
+            url = getattr(getattr(sink, "options", None), "url", None)
+            where = f"{sink.flow}/{sink.name}" + (f" ({redact_url(url)})" if url else "")
             try:
                 if args.dlq_command == "list":
-                    letters = await dead_letters.list_letters(sink, limit=args.limit)
+                    letters = await sink.dead_letters(limit=args.limit)
                     print(f"# {where}: {len(letters)} shown")
                     for dl in letters:
                         print(
@@ -70,16 +70,18 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                             f"\t{_preview(dl.payload, args.payload)}"
                         )
                 elif args.dlq_command == "replay":
-                    result = await dead_letters.replay(
-                        sink, fmt, max_bytes, None if args.all else args.id
-                    )
+                    decode = partial(decode_batch, fmt=fmt, max_bytes=max_bytes)
+                    result = await sink.replay(decode, ids=None if args.all else args.id)
                     print(
                         f"{where}: applied {result.applied}, "
                         f"still failing {result.still_failing} (kept, with the new reason)"
                     )
+                    if result.missing:
+                        shown = ", ".join(str(i) for i in result.missing)
+                        print(f"{where}: no dead letter with id {shown}")
                 else:
                     assert before is not None
-                    count = await dead_letters.purge(sink, before)
+                    count = await sink.purge(before)
                     print(f"{where}: purged {count} dead letters older than {before.isoformat()}")
             except OSError as exc:
                 raise CdcSyncError(f"{where}: {exc}") from exc

@@ -53,5 +53,6 @@ async def env(nats_url: str, pg_url: str, unique: str):  # type: ignore[no-untyp
         finally:
             await world.close()
             await world.execute(
-                f"DROP SCHEMA IF EXISTS {unique} CASCADE; DROP SCHEMA IF EXISTS {unique}_state CASCADE"
+                f"DROP SCHEMA IF EXISTS {unique} CASCADE; "
+                f"DROP SCHEMA IF EXISTS {unique}_state CASCADE"
             )

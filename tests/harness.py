@@ -121,7 +121,9 @@ class Env:
         records = await self.sql(f"SELECT * FROM {self.state}.dead_letters ORDER BY id", url=url)
         return [dict(r) for r in records]
 
-    async def applied(self, seq: int, flow: str = "f", dest: str = "primary") -> None:
+    async def applied(
+        self, seq: int, flow: str = "f", dest: str = "primary", timeout: float = 15.0
+    ) -> None:
         """Wait until the destination's checkpoint covers stream sequence ``seq``."""
 
         async def check() -> bool:
@@ -133,7 +135,7 @@ class Env:
             )
             return bool(rows) and rows[0]["last_seq"] >= seq
 
-        await wait_until(check, what=f"checkpoint of {flow}/{dest} reaching {seq}")
+        await wait_until(check, timeout, what=f"checkpoint of {flow}/{dest} reaching {seq}")
 
     async def create_schema(self, ddl: str = "", url: str | None = None) -> None:
         await self.execute(

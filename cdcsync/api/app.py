@@ -23,7 +23,7 @@ from cdcsync import __version__, registry
 from cdcsync.api import dashboard, history, metrics
 from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
-from cdcsync.sinks import dead_letters
+from cdcsync.plugin import DeadLetter
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -236,14 +236,12 @@ def create_app(
             if wanted and flow.name != wanted:
                 continue
             for dest in flow.config.destinations:
-                if dest.type != "postgres":
-                    continue
                 sink = registry.destinations()[dest.type].factory(
                     flow.name, dest.name, dest.options
                 )
                 try:
                     with trio.move_on_after(5):
-                        found = await dead_letters.list_letters(sink, limit=limit)
+                        found = await sink.dead_letters(limit=limit)
                         letters.extend(_letter(d) for d in found)
                 except Exception as exc:
                     letters.append(
@@ -275,13 +273,14 @@ def _error(status: int, message: str) -> Response:
     return resp
 
 
-def _letter(d: dead_letters.DeadLetter) -> dict[str, Any]:
+def _letter(d: DeadLetter) -> dict[str, Any]:
     return {
         "id": d.id,
         "flow": d.flow,
         "destination": d.destination,
         "subject": d.subject,
         "stream_seq": d.stream_seq,
+        "partition": d.partition,
         "table": d.table_name,
         "error": d.error,
         "failed_at": d.failed_at.isoformat(),

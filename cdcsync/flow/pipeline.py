@@ -18,15 +18,14 @@ import trio
 from cdcsync import registry
 from cdcsync.config import FlowConfig
 from cdcsync.errors import FatalSinkError, RetryableSinkError, SinkError, SourceError
-from cdcsync.flow import stages
-from cdcsync.flow.batch import Batch, Delivery
+from cdcsync.flow.lane import Lane, _StoppedWhileWaiting
+from cdcsync.flow.stages import Backoff
+from cdcsync.plugin import Destination, Source
 from cdcsync.stats import FlowStats
 
 __all__ = ["Flow"]
 
 log = structlog.get_logger("cdcsync.flow")
-
-_STANDBY_POLL_S = 1.0
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -56,10 +55,10 @@ class Flow:
         self.name = config.name
         self.stats = FlowStats(config.name)
         src_spec = registry.sources()[config.source.type]
-        self.source: Any = src_spec.factory(config.name, config.source.options)
-        self.stats.jetstream = bool(getattr(self.source, "jetstream", False))
+        self.source: Source = src_spec.factory(config.name, config.source.options)
+        self.stats.jetstream = bool(self.source.positioned)
         self._dropped_seen = 0
-        self.sinks: list[Any] = []
+        self.sinks: list[Destination] = []
         for dest in sorted(config.destinations, key=lambda d: d.name):
             spec = registry.destinations()[dest.type]
             self.sinks.append(spec.factory(config.name, dest.name, dest.options))
@@ -68,8 +67,8 @@ class Flow:
         self._run_stop = trio.Event()  # ends the current pipeline run (stop or pause)
         self._resumed = trio.Event()
         self.paused = False
+        self._reassigned = False  # set by a lane whose source returned for a new assignment
         self._running_since: float | None = None
-        self._identity: tuple[str, str] | None = None
         self.stopped = trio.Event()
 
     def stop(self) -> None:
@@ -101,7 +100,7 @@ class Flow:
         """
         bound = structlog.contextvars.bind_contextvars(flow=self.name)
         task_status.started()
-        backoff = stages.Backoff(first=0.5, cap=30.0)
+        backoff = Backoff(first=0.5, cap=30.0)
         ever_ran = False
         try:
             while not self._stopping.is_set():
@@ -122,7 +121,10 @@ class Flow:
                     ever_ran = True
                     if self._stopping.is_set():
                         break
-                    if self.paused:
+                    if self.paused or self._reassigned:
+                        # Paused, or the source's assignment changed (a rebalance): run
+                        # again at once, from the checkpoints.
+                        self._reassigned = False
                         backoff.reset()
                         continue
                     raise SourceError("source stopped unexpectedly")
@@ -175,122 +177,23 @@ class Flow:
                 sink.abort()
         await self.source.close()
 
-    async def _acquire(self) -> list[int | None]:
-        """Connect every destination as its writer (waiting as standby) and read checkpoints."""
-        checkpoints: list[int | None] = []
-        for sink in self.sinks:  # sorted by name: two instances never deadlock on the locks
-            dstats = self.stats.destination(sink.name)
-            announced = False
-            while True:
-                try:
-                    got = await sink.connect()
-                except RetryableSinkError as exc:
-                    dstats.status = "degraded"
-                    raise SourceError(f"destination {sink.name!r}: {exc}") from exc
-                if got:
-                    break
-                if not announced:
-                    log.warning(
-                        "another instance is writing; waiting as standby", destination=sink.name
-                    )
-                    announced = True
-                self.stats.status = dstats.status = "standby"
-                sink.abort()
-                with trio.move_on_after(_STANDBY_POLL_S):
-                    await self._run_stop.wait()
-                if self._run_stop.is_set():
-                    return []
+    async def _connect_sinks(self) -> None:
+        for sink in self.sinks:
             try:
-                cp = await sink.prepare(self._identity)
+                await sink.connect()
             except RetryableSinkError as exc:
+                self.stats.destination(sink.name).status = "degraded"
                 raise SourceError(f"destination {sink.name!r}: {exc}") from exc
-            dstats.checkpoint = cp
-            dstats.status = "running"
-            checkpoints.append(cp)
-        return checkpoints
-
-    def _start_after(self, checkpoints: list[int | None]) -> int | None:
-        known = [cp for cp in checkpoints if cp is not None]
-        js = getattr(self.config.source.options, "jetstream", None)
-        if known and (len(known) == len(checkpoints) or (js is not None and js.deliver == "new")):
-            return min(known)
-        return None  # a destination without a checkpoint needs the stream from the start
-
-    async def _recover_sink(self, sink: Any) -> None:
-        """After a failed write: reconnect, re-take the writer lock, re-read the checkpoint."""
-        try:
-            got = await sink.connect()
-        except RetryableSinkError:
-            raise
-        if not got:
-            raise SourceError(f"destination {sink.name!r}: another instance took the writer lock")
-        await sink.prepare(self._identity)
 
     async def _run_once(self) -> None:
         self.stats.status = "starting"
         await self.source.connect()
-        self._identity = await self.source.identity()
-        checkpoints = await self._acquire()
-        if self._run_stop.is_set():
-            return
-        start_after = self._start_after(checkpoints)
-        inflight: dict[int, Batch] = {}
-        src_send, src_recv = trio.open_memory_channel[Delivery](self.source.channel_size())
-        batch_send, batch_recv = trio.open_memory_channel[list[Delivery]](0)
-        done_send, done_recv = trio.open_memory_channel[tuple[int, str]](len(self.sinks) * 4)
-        opts = self.config.source.options
-        async with trio.open_nursery() as nursery:
-            sink_sends = []
-            for sink in self.sinks:
-                s, r = trio.open_memory_channel[Batch](0)
-                sink_sends.append(s)
-                nursery.start_soon(
-                    stages.run_sink,
-                    sink,
-                    r,
-                    done_send.clone(),
-                    self.stats.destination(sink.name),
-                    self.stats,
-                    lambda sink=sink: self._recover_sink(sink),
-                    name=f"flow={self.name} sink={sink.name}",
-                )
-            done_send.close()
-            nursery.start_soon(
-                stages.run_fanout,
-                batch_recv,
-                sink_sends,
-                inflight,
-                self.stats,
-                opts.format,
-                opts.max_message_bytes,
-                name=f"flow={self.name} fanout",
-            )
-            nursery.start_soon(
-                stages.run_batcher,
-                src_recv,
-                batch_send,
-                self.config.batch,
-                name=f"flow={self.name} batcher",
-            )
-            async with trio.open_nursery() as aux:
-                aux.start_soon(self._poll_pending, name=f"flow={self.name} pending")
-                js = getattr(opts, "jetstream", None)
-                if js is not None:
-                    aux.start_soon(
-                        stages.run_keepalive,
-                        inflight,
-                        self.source.in_progress,
-                        float(js.ack_wait_s),
-                        name=f"flow={self.name} keepalive",
-                    )
-                await nursery.start(self.source.run, start_after, src_send, self._run_stop)
-                self.stats.status = "running"
-                self._running_since = trio.current_time()
-                log.info("flow running", start_after=start_after)
-                await stages.run_acker(
-                    done_recv, inflight, len(self.sinks), self.source.ack, self.stats
-                )
-                aux.cancel_scope.cancel()
+        await self._connect_sinks()
+        lane = Lane(self)
+        try:
+            await lane.run()
+        except _StoppedWhileWaiting:
+            pass
         self._running_since = None
 
     async def _poll_pending(self) -> None:

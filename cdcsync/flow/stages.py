@@ -16,12 +16,13 @@ import trio
 from cdcsync.config import BatchPolicy
 from cdcsync.errors import DecodeError, RetryableSinkError
 from cdcsync.events import decode
-from cdcsync.flow.batch import Batch, Delivery, Item, WriteResult
+from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.stats import DestinationStats, FlowStats
 
 __all__ = [
     "Backoff",
     "decode_batch",
+    "last_positions",
     "run_acker",
     "run_batcher",
     "run_fanout",
@@ -146,7 +147,23 @@ async def _hand_over_or_more(
     return sent, extra, ended
 
 
+def last_positions(deliveries: list[Delivery]) -> dict[Partition, int]:
+    """The highest position of each partition (deliveries are in order per partition)."""
+    if not deliveries:
+        return {}
+    first = deliveries[0].partition
+    last: dict[Partition, int] = {}
+    if all(d.partition is first for d in deliveries):
+        last[first] = deliveries[-1].seq
+        return last
+    for d in deliveries:
+        last[d.partition] = d.seq
+    return last
+
+
 def decode_batch(deliveries: list[Delivery], fmt: str, max_bytes: int) -> list[Item]:
+    """Items from deliveries; a message that cannot be decoded becomes its error, never a
+    failure of the batch."""
     items = []
     for d in deliveries:
         if len(d.data) > max_bytes:
@@ -175,6 +192,7 @@ async def run_fanout(
         try:
             async for deliveries in recv:
                 batch = Batch(next_id, decode_batch(deliveries, fmt, max_bytes), time.monotonic())
+                batch.last = last_positions(deliveries)
                 next_id += 1
                 inflight[batch.id] = batch
                 stats.received += len(deliveries)
@@ -238,7 +256,8 @@ async def run_sink(
             stats.rate.add(result.written)
             stats.last_batch_ms = round(result.seconds * 1000, 2)
             stats.latency.observe(result.seconds)
-            stats.checkpoint = getattr(sink, "checkpoint", None)
+            checkpoints = sink.checkpoints()  # type: ignore[attr-defined]
+            stats.checkpoint = next(iter(checkpoints.values())) if len(checkpoints) == 1 else None
             if result.dead_lettered:
                 log.warning(
                     "events dead-lettered",
@@ -253,7 +272,7 @@ async def run_acker(
     recv: trio.MemoryReceiveChannel[tuple[int, str]],
     inflight: dict[int, Batch],
     destinations: int,
-    ack: Callable[[list[Delivery]], Awaitable[None]],
+    ack: Callable[[Batch], Awaitable[None]],
     stats: FlowStats,
 ) -> None:
     """Acknowledge a batch once every destination committed (or dead-lettered) all of it."""
@@ -263,7 +282,7 @@ async def run_acker(
             batch.done.add(dest)
             if len(batch.done) == destinations:
                 del inflight[batch_id]
-                await ack([i.delivery for i in batch.items])
+                await ack(batch)
                 stats.acked += len(batch.items)
 
 

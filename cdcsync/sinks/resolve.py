@@ -15,7 +15,7 @@ from typing import Any
 
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Item
-from cdcsync.sinks.sql import RESERVED_PREFIX, TableInfo
+from cdcsync.sinks.tables import RESERVED_PREFIX, TableInfo
 
 __all__ = ["MissingMappedTable", "Resolution", "Resolved", "Resolver"]
 

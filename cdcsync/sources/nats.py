@@ -29,11 +29,17 @@ import structlog
 import trio
 from nats.js import api as js_api
 
-from cdcsync.bridge import aio
-from cdcsync.config import redact_url
-from cdcsync.errors import SourceError
-from cdcsync.flow.batch import Delivery
-from cdcsync.registry import ComponentSpec
+from cdcsync.plugin import (
+    UNPOSITIONED,
+    CdcSyncError,
+    ComponentSpec,
+    Coordinator,
+    Delivery,
+    Partition,
+    SourceError,
+    aio,
+    redact_url,
+)
 from cdcsync.sources.nats_options import SCHEMA, JetStreamOptions, NatsOptions, parse_options
 
 __all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource", "connect_fast"]
@@ -129,10 +135,21 @@ class NatsSource:
         self._dseq = 0
         self._seq = 0
         self.dropped = 0
+        self._partition = UNPOSITIONED
 
     @property
-    def jetstream(self) -> bool:
+    def positioned(self) -> bool:
         return self.options.jetstream is not None
+
+    @property
+    def from_start(self) -> bool:
+        js = self.options.jetstream
+        return js is None or js.deliver == "all"
+
+    @property
+    def keepalive_s(self) -> float | None:
+        js = self.options.jetstream
+        return float(js.ack_wait_s) if js is not None else None
 
     def channel_size(self) -> int:
         js = self.options.jetstream
@@ -167,7 +184,7 @@ class NatsSource:
 
     async def run(
         self,
-        start_after: int | None,
+        coordinator: Coordinator,
         send: trio.MemorySendChannel[Delivery],
         stop: trio.Event,
         *,
@@ -175,8 +192,20 @@ class NatsSource:
     ) -> None:
         """Subscribe and deliver until ``stop`` is set; then close ``send`` so the flow drains.
 
-        What was received before ``stop`` still flows through and gets acknowledged.
+        A JetStream stream is one partition: its writer fences are taken and the consumer
+        starts just after the lowest checkpoint. What was received before ``stop`` still
+        flows through and gets acknowledged.
         """
+        identity = await self.identity()
+        if identity is None:
+            self._partition = UNPOSITIONED
+            await coordinator.assigned({UNPOSITIONED: ""})
+            start_after = None
+        else:
+            stream, created = identity
+            self._partition = Partition(stream, 0, sole=True)
+            start = await coordinator.assigned({self._partition: created})
+            start_after = start[self._partition]
         self._wake = trio.Event()
         self._failure = None
         wake = self._wake
@@ -227,6 +256,27 @@ class NatsSource:
         """Tell JetStream these are still being worked on (resets their ack_wait)."""
         if self.options.jetstream is not None and deliveries:
             await aio(self._aio_reply, [d.handle for d in deliveries], _WPI)
+
+    async def problems(self) -> list[str]:
+        """Reachability, JetStream, and a missing stream that may not be created."""
+        try:
+            with trio.move_on_after(10) as scope:
+                await self.connect()
+                stream = await self.identity(create=False)
+            if scope.cancelled_caught:
+                return ["NATS did not answer within 10 s"]
+        except CdcSyncError as exc:
+            return [str(exc)]
+        finally:
+            await self.close()
+        js = self.options.jetstream
+        if stream == ("", "") and js is not None and not js.create_stream:
+            return [
+                f"JetStream stream {js.stream!r} does not exist and create_stream is false "
+                f"(fix: create it for subject {self.options.subject!r}, or set "
+                f"create_stream: true)"
+            ]
+        return []
 
     async def pending(self) -> int | None:
         """Messages the consumer has not delivered yet plus those awaiting our ack."""
@@ -400,7 +450,9 @@ class NatsSource:
             self._seq += 1
             sseq = self._seq
         try:
-            send.send_nowait(Delivery(sseq, msg.subject, msg.data, msg.reply, time.monotonic()))
+            send.send_nowait(
+                Delivery(sseq, msg.subject, msg.data, msg.reply, time.monotonic(), self._partition)
+            )
         except trio.WouldBlock:
             if self.options.jetstream is not None:
                 self._fail(SourceError("delivery channel overflow (more than max_ack_pending)"))

@@ -15,11 +15,18 @@ async def test_postgres_destination_conforms(env: Env) -> None:
     await env.create_schema("CREATE TABLE items (id int PRIMARY KEY, name text);")
     options = PostgresOptions(url=env.pg_url, schema=env.schema, state_schema=env.state)
     await check_destination(lambda: PostgresSink("conformance", "primary", options), table="items")
-    # What the suite reported matches the database: 10 + 3 + 5 rows, 1 dead letter, checkpoint 20.
-    assert await env.count("items") == 18
+    # What the suite reported matches the database: 10 + 3 + 5 rows of the stream, 8 + 3 of
+    # the two partitions; 1 dead letter; a checkpoint row per partition.
+    assert await env.count("items") == 29
     assert len(await env.dead_letters()) == 1
-    rows = await env.sql(f"SELECT last_seq FROM {env.state}.checkpoints")
-    assert [r[0] for r in rows] == [20]
+    rows = await env.sql(
+        f"SELECT stream, partition, last_seq FROM {env.state}.checkpoints ORDER BY 1, 2"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("CONFORMANCE", 0, 20),
+        ("conformance.topic", 0, 6),
+        ("conformance.topic", 1, 3),
+    ]
 
 
 async def test_entry_point_destination_conforms(memory_plugin: None, unique: str) -> None:

@@ -263,7 +263,7 @@ async def test_half_bad_huge_batch_costs_bounded_locks(
     async with env.running(env.config(flow), nursery) as running:
         async with trio.open_nursery() as sampler:
             sampler.start_soon(writer_locks, env, peak)
-            await env.applied(count)
+            await env.applied(count, timeout=120)  # a few seconds; more on a loaded machine
             sampler.cancel_scope.cancel()
         stats = running.service.flows[0].stats.snapshot()
     elapsed = trio.current_time() - started

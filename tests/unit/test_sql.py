@@ -6,13 +6,12 @@ import re
 
 import pytest
 
-from cdcsync.sinks.compaction import Kind
-from cdcsync.sinks.sql import (
-    Column,
-    TableInfo,
+from cdcsync.plugin.sql import Column, Kind, TableInfo
+from cdcsync.sinks.postgres.sql import (
     checkpoint_sql,
     dead_letter_sql,
     delete_sql,
+    qualified,
     quote_ident,
     system_tables_sql,
     truncate_sql,
@@ -170,8 +169,8 @@ def test_hostile_names_round_trip_through_quoting() -> None:
     info = evil_table()
     stmt = write_sql(info, Kind.MERGE, ("id", *EVIL), frozenset())
     collist = ", ".join(quote_ident(c) for c in ("id", *EVIL))
-    assert f"INSERT INTO {info.qualified} ({collist}) SELECT {collist} FROM" in stmt
-    assert info.qualified == '"s""; DROP SCHEMA app; --"."t""; DELETE FROM x; --"'
+    assert f"INSERT INTO {qualified(info)} ({collist}) SELECT {collist} FROM" in stmt
+    assert qualified(info) == '"s""; DROP SCHEMA app; --"."t""; DELETE FROM x; --"'
 
 
 def test_delete_matches_on_every_key_column() -> None:

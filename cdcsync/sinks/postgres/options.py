@@ -8,9 +8,8 @@ from typing import Any
 
 import strictyaml as sy
 
-from cdcsync.config import EnvBool, EnvEnum, EnvStr, described, redact_url, url_secrets
-from cdcsync.sinks.compaction import Mode
-from cdcsync.sinks.sql import RESERVED_PREFIX
+from cdcsync.plugin import EnvBool, EnvEnum, EnvStr, described, redact_url, url_secrets
+from cdcsync.plugin.sql import RESERVED_PREFIX, Mode
 
 __all__ = ["SCHEMA", "PostgresOptions", "parse_options"]
 

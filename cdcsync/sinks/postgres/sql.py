@@ -9,24 +9,19 @@ value that does not fit as a data error that we dead-letter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from cdcsync.sinks.compaction import Kind
+from cdcsync.plugin.sql import Kind, TableInfo
 
 __all__ = [
     "CATALOG_COLUMNS",
     "CATALOG_KEYS",
     "CATALOG_TABLES",
     "LEGACY_TABLES",
-    "RESERVED_PREFIX",
-    "Column",
-    "TableInfo",
     "checkpoint_sql",
     "dead_letter_sql",
     "dead_letter_table",
     "delete_sql",
     "legacy_migration_sql",
-    "pick_key",
+    "qualified",
     "quote_ident",
     "system_tables_sql",
     "truncate_sql",
@@ -41,32 +36,8 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    type: str
-    not_null: bool
-    has_default: bool
-    generated: bool
-    nested: bool = False  # takes a JSON array or object (json, jsonb, array, composite)
-
-
-@dataclass(frozen=True, slots=True)
-class TableInfo:
-    """A target table as the catalog describes it."""
-
-    schema: str
-    name: str
-    columns: dict[str, Column]
-    key: tuple[str, ...]
-
-    @property
-    def qualified(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
-
-    @property
-    def writable(self) -> frozenset[str]:
-        return frozenset(c for c, info in self.columns.items() if not info.generated)
+def qualified(table: TableInfo) -> str:
+    return f"{quote_ident(table.schema)}.{quote_ident(table.name)}"
 
 
 CATALOG_TABLES = """
@@ -106,14 +77,6 @@ ORDER BY i.indrelid, i.indisprimary DESC, array_length(i.indkey, 1)
 """
 
 
-def pick_key(rows: list[tuple[bool, list[str], bool]]) -> tuple[str, ...] | None:
-    """The primary key, else the narrowest unique index whose columns are all NOT NULL."""
-    for primary, cols, all_not_null in rows:
-        if primary or all_not_null:
-            return tuple(cols)
-    return None
-
-
 def _columns(cols: tuple[str, ...]) -> str:
     return ", ".join(quote_ident(c) for c in cols)
 
@@ -125,8 +88,8 @@ def write_sql(table: TableInfo, kind: Kind, cols: tuple[str, ...], keep: frozens
     """
     collist = _columns(cols)
     head = (
-        f"INSERT INTO {table.qualified} ({collist}) "
-        f"SELECT {collist} FROM json_populate_recordset(NULL::{table.qualified}, $1::json) "
+        f"INSERT INTO {qualified(table)} ({collist}) "
+        f"SELECT {collist} FROM json_populate_recordset(NULL::{qualified(table)}, $1::json) "
         f"ON CONFLICT ({_columns(table.key)}) DO "
     )
     key = set(table.key)
@@ -146,13 +109,13 @@ def write_sql(table: TableInfo, kind: Kind, cols: tuple[str, ...], keep: frozens
 def delete_sql(table: TableInfo) -> str:
     match = " AND ".join(f"t.{quote_ident(c)} = k.{quote_ident(c)}" for c in table.key)
     return (
-        f"DELETE FROM {table.qualified} AS t "
-        f"USING json_populate_recordset(NULL::{table.qualified}, $1::json) AS k WHERE {match}"
+        f"DELETE FROM {qualified(table)} AS t "
+        f"USING json_populate_recordset(NULL::{qualified(table)}, $1::json) AS k WHERE {match}"
     )
 
 
 def truncate_sql(table: TableInfo) -> str:
-    return f"TRUNCATE {table.qualified}"
+    return f"TRUNCATE {qualified(table)}"
 
 
 def system_tables_sql(state_schema: str) -> list[str]:
@@ -190,7 +153,6 @@ def system_tables_sql(state_schema: str) -> list[str]:
 
 
 LEGACY_TABLES = ("cdcsync_checkpoints", "cdcsync_dead_letters")
-RESERVED_PREFIX = "cdcsync_"
 
 
 def legacy_migration_sql(schema: str, state_schema: str) -> tuple[str, str]:

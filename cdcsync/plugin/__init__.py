@@ -1,0 +1,248 @@
+"""The public API for sources and destinations: everything a plugin needs, and nothing else.
+
+cdcsync's own ``nats``, ``kafka``, ``postgres`` and ``mysql`` components import only from
+this package (and their own modules), exactly as a third-party package would; a test
+enforces it. The engine (batching, fan-out, acknowledgements, retries, fences, standby,
+statistics) calls components only through the two protocols below. See docs/plugins.md.
+
+Positions are per :class:`Partition`: a Kafka partition, one partition of a partitioned
+JetStream stream, or a plain JetStream stream (its only partition). A destination keeps, in
+the same transaction as the rows, the last applied position of every partition it writes,
+and holds a writer fence per partition, so that each partition has one writer at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import trio
+
+from cdcsync.bridge import aio, open_bridge
+from cdcsync.config import (
+    EnvBool,
+    EnvEnum,
+    EnvInt,
+    EnvStr,
+    described,
+    redact_url,
+    scrub,
+    url_secrets,
+)
+from cdcsync.errors import (
+    CdcSyncError,
+    ConfigError,
+    DecodeError,
+    FatalSinkError,
+    RetryableSinkError,
+    SinkError,
+    SourceError,
+)
+from cdcsync.events import UNAVAILABLE, ChangeEvent, Op
+from cdcsync.flow.batch import UNPOSITIONED, Batch, Delivery, Item, Partition, WriteResult
+from cdcsync.registry import ComponentSpec
+
+__all__ = [
+    "UNAVAILABLE",
+    "UNPOSITIONED",
+    "Batch",
+    "CdcSyncError",
+    "ChangeEvent",
+    "ComponentSpec",
+    "ConfigError",
+    "Coordinator",
+    "DeadLetter",
+    "DecodeError",
+    "Decoder",
+    "Delivery",
+    "Destination",
+    "EnvBool",
+    "EnvEnum",
+    "EnvInt",
+    "EnvStr",
+    "FatalSinkError",
+    "Item",
+    "Op",
+    "Partition",
+    "ReplayResult",
+    "RetryableSinkError",
+    "SinkError",
+    "Source",
+    "SourceError",
+    "WriteResult",
+    "aio",
+    "described",
+    "open_bridge",
+    "redact_url",
+    "scrub",
+    "url_secrets",
+]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message a destination could not apply, as it stored it with the reason."""
+
+    id: int
+    flow: str
+    destination: str
+    subject: str | None
+    stream_seq: int | None
+    partition: int | None
+    error: str
+    table_name: str | None
+    failed_at: dt.datetime
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    applied: int
+    still_failing: int
+    missing: tuple[int, ...] = ()  # ids asked for that the destination does not hold
+
+
+# Turns stored deliveries back into items with the flow's format (for dead-letter replay).
+Decoder = Callable[[list[Delivery]], list[Item]]
+
+
+class Coordinator(Protocol):
+    """What the engine offers a running source: where each partition starts, and hand-offs.
+
+    A source calls :meth:`assigned` before it reads a partition and :meth:`revoked` before it
+    stops reading one it will not own any more (Kafka rebalances, partition ownership).
+    """
+
+    async def assigned(self, partitions: Mapping[Partition, str]) -> dict[Partition, int | None]:
+        """Take every destination's writer fence for ``partitions`` and read their checkpoints.
+
+        ``partitions`` maps each partition to its epoch (e.g. the stream's creation time: a
+        checkpoint of another epoch is for a stream that no longer exists). Waits while
+        another instance holds a fence (standby). Returns, per partition, the position to
+        start after, or None to start where the source's configuration says.
+        """
+        ...
+
+    async def revoked(self, partitions: Mapping[Partition, int | None]) -> None:
+        """Hand ``partitions`` off cleanly: waits until everything delivered of them (up to the
+        given last position sent, None: nothing sent) is committed by every destination and
+        acknowledged, then releases their fences. Keep the flow's channel moving meanwhile."""
+        ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Delivers a flow's messages, in order within each partition, into a Trio channel."""
+
+    flow: str
+    options: Any  # has ``format`` and ``max_message_bytes``
+
+    @property
+    def positioned(self) -> bool:
+        """True when deliveries have positions that are checkpointed and acknowledged
+        (exactly-once); False for at-most-once sources (core NATS)."""
+        ...
+
+    @property
+    def from_start(self) -> bool:
+        """True when a partition without any checkpoint is read from its beginning."""
+        ...
+
+    @property
+    def keepalive_s(self) -> float | None:
+        """How often unacknowledged in-flight deliveries need :meth:`in_progress`, or None."""
+        ...
+
+    def channel_size(self) -> int:
+        """Deliveries that may be in flight at once (the source's own protocol bound)."""
+        ...
+
+    async def connect(self) -> None: ...
+
+    async def run(
+        self,
+        coordinator: Coordinator,
+        send: trio.MemorySendChannel[Delivery],
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Deliver until ``stop`` is set, then close ``send`` (the flow drains and acks what
+        was sent). Raise :class:`SourceError` on anything that could skip a message; return
+        early (without ``stop``) when the assignment changed and the engine should run again.
+        """
+        ...
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        """Every destination committed these (in order within each partition)."""
+        ...
+
+    async def in_progress(self, deliveries: list[Delivery]) -> None: ...
+
+    async def pending(self) -> int | None:
+        """Messages not yet delivered or not yet acknowledged, if the source can tell."""
+        ...
+
+    async def problems(self) -> list[str]:
+        """What stops this source from working, in plain words (``cdcsync check --connect``)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """Applies batches exactly once per partition position, as the only writer."""
+
+    flow: str
+    name: str
+
+    async def connect(self) -> None:
+        """Open the connection (no fence yet). RetryableSinkError: try again later;
+        FatalSinkError: the configuration cannot work (e.g. a refused login)."""
+        ...
+
+    async def claim(
+        self, partitions: Mapping[Partition, str]
+    ) -> dict[Partition, int | None] | None:
+        """Take the writer fence of every partition (all or none) and return their checkpoints,
+        or None when another instance holds one (the engine waits as a standby and retries).
+        :data:`UNPOSITIONED` fences the (flow, destination) pair and has no checkpoint."""
+        ...
+
+    async def release(self, partitions: Collection[Partition]) -> None:
+        """Give up the fences of ``partitions`` (after they were drained)."""
+        ...
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Apply a batch atomically with its dead letters and each partition's new position;
+        skip items at or below their partition's checkpoint. RetryableSinkError: the same
+        batch is retried after :meth:`connect` and :meth:`claim` again."""
+        ...
+
+    def checkpoints(self) -> Mapping[Partition, int]:
+        """The last applied position of each partition this instance knows of."""
+        ...
+
+    async def problems(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the connection at once (and with it every fence)."""
+        ...
+
+    async def dead_letters(
+        self, *, limit: int, ids: Sequence[int] | None = None
+    ) -> list[DeadLetter]:
+        """This (flow, destination)'s dead letters, newest first (operator tools, API)."""
+        ...
+
+    async def replay(self, decode: Decoder, *, ids: Sequence[int] | None = None) -> ReplayResult:
+        """Apply dead letters again (all, or ``ids``) in the order they failed; those applied
+        leave the table, the others get their new reason. No checkpoint moves."""
+        ...
+
+    async def purge(self, before: dt.datetime) -> int: ...
