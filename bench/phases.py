@@ -455,9 +455,7 @@ class Phases:
         # the table is checked against the checkpoint it was left with.
         applied = r["stats"]["bench"]["destinations"][0]["checkpoint"] or last
         left = asyncio.run(
-            fetchval(
-                run.pg_url, f"SELECT max(last_seq) FROM {run.schema(phase)}_state.checkpoints"
-            )
+            fetchval(run.pg_url, f"SELECT max(last_seq) FROM {run.schema(phase)}_state.checkpoints")
         )
         expected = wl.expected_canonical(wl.state_after(self.work.ops[:left]))
         check = asyncio.run(verify(run.pg_url, [run.table(phase)], expected))
