@@ -128,7 +128,7 @@ class Flow:
                     raise SourceError("source stopped unexpectedly")
                 except FatalSinkError as exc:
                     self.stats.status = "failed"
-                    self.stats.last_error = str(exc)
+                    self.stats.failed(str(exc))
                     log.error("flow failed", error=str(exc))
                     if not ever_ran:
                         raise
@@ -164,7 +164,7 @@ class Flow:
 
     def _note_failure(self, exc: BaseException) -> None:
         self.stats.status = "degraded"
-        self.stats.last_error = str(exc)
+        self.stats.failed(str(exc) or type(exc).__name__)
         self.stats.restarts += 1
 
     async def _close(self) -> None:
@@ -186,6 +186,7 @@ class Flow:
                     got = await sink.connect()
                 except RetryableSinkError as exc:
                     dstats.status = "degraded"
+                    dstats.failed(str(exc))
                     raise SourceError(f"destination {sink.name!r}: {exc}") from exc
                 if got:
                     break
@@ -206,6 +207,7 @@ class Flow:
                 raise SourceError(f"destination {sink.name!r}: {exc}") from exc
             dstats.checkpoint = cp
             dstats.status = "running"
+            dstats.recovered()
             checkpoints.append(cp)
         return checkpoints
 
@@ -285,6 +287,7 @@ class Flow:
                     )
                 await nursery.start(self.source.run, start_after, src_send, self._run_stop)
                 self.stats.status = "running"
+                self.stats.recovered()  # every destination is connected and the source reads
                 self._running_since = trio.current_time()
                 log.info("flow running", start_after=start_after)
                 await stages.run_acker(
