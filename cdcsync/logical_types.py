@@ -89,7 +89,9 @@ def _scale(params: dict[str, Any]) -> int:
         got = "missing" if raw is None else f"got {_show(raw)}"
         raise _Bad(f"parameter 'scale': expected an integer, {got}")
     if not _JAVA_INT[0] <= scale <= _JAVA_INT[1]:
-        raise _Bad(f"parameter 'scale': {_show(raw)} is outside Kafka Connect's range (a Java int)")
+        shown = raw if isinstance(raw, str) else _int_text(raw)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise _Bad(f"parameter 'scale': {shown} is outside Kafka Connect's range (a Java int)")
     return scale
 
 
