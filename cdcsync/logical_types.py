@@ -165,10 +165,12 @@ LOGICAL_TYPES: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 }
 
 
-def _fields(struct: dict[str, Any], where: str) -> list[Any]:
+def _fields(struct: dict[str, Any], image: str | None) -> list[Any]:
+    """The ``fields`` of the schema (``image`` None) or of its ``image`` struct, checked."""
     fields = struct.get("fields")
     if fields is None:
         return []
+    where = "the schema" if image is None else repr(image)
     if not isinstance(fields, list):
         raise DecodeError(
             f"debezium schema: 'fields' of {where} must be an array, got {_show(fields)}"
@@ -185,11 +187,13 @@ def _logical_columns(schema: Any, image: str) -> dict[str, tuple[str, dict[str, 
     """Column -> (logical type, parameters), from the schema of the ``before``/``after`` struct."""
     if not isinstance(schema, dict):
         raise DecodeError(f"debezium 'schema' must be an object, got {_show(schema)}")
-    struct = next((f for f in _fields(schema, "the schema") if f.get("field") == image), None)
-    if struct is None:
+    for struct in _fields(schema, None):
+        if struct.get("field") == image:
+            break
+    else:
         return {}
     out = {}
-    for col in _fields(struct, f"{image!r}"):
+    for col in _fields(struct, image):
         name = col.get("name")
         if name is None:
             continue
