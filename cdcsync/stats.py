@@ -77,11 +77,11 @@ class ErrorState:
     last_error: str | None
     last_error_at: float | None
 
-    def failed(self, error: str) -> None:
+    def record_error(self, error: str) -> None:
         self.last_error = error
         self.last_error_at = round(time.time(), 3)
 
-    def recovered(self) -> None:
+    def clear_error(self) -> None:
         self.last_error = None
 
 

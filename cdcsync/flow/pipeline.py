@@ -128,7 +128,7 @@ class Flow:
                     raise SourceError("source stopped unexpectedly")
                 except FatalSinkError as exc:
                     self.stats.status = "failed"
-                    self.stats.failed(str(exc))
+                    self.stats.record_error(str(exc))
                     log.error("flow failed", error=str(exc))
                     if not ever_ran:
                         raise
@@ -164,7 +164,7 @@ class Flow:
 
     def _note_failure(self, exc: BaseException) -> None:
         self.stats.status = "degraded"
-        self.stats.failed(str(exc) or type(exc).__name__)
+        self.stats.record_error(str(exc) or type(exc).__name__)
         self.stats.restarts += 1
 
     async def _close(self) -> None:
@@ -186,7 +186,7 @@ class Flow:
                     got = await sink.connect()
                 except RetryableSinkError as exc:
                     dstats.status = "degraded"
-                    dstats.failed(str(exc))
+                    dstats.record_error(str(exc))
                     raise SourceError(f"destination {sink.name!r}: {exc}") from exc
                 if got:
                     break
@@ -207,7 +207,7 @@ class Flow:
                 raise SourceError(f"destination {sink.name!r}: {exc}") from exc
             dstats.checkpoint = cp
             dstats.status = "running"
-            dstats.recovered()
+            dstats.clear_error()
             checkpoints.append(cp)
         return checkpoints
 
@@ -287,7 +287,7 @@ class Flow:
                     )
                 await nursery.start(self.source.run, start_after, src_send, self._run_stop)
                 self.stats.status = "running"
-                self.stats.recovered()  # every destination is connected and the source reads
+                self.stats.clear_error()  # every destination is connected and the source reads
                 self._running_since = trio.current_time()
                 log.info("flow running", start_after=start_after)
                 await stages.run_acker(

@@ -217,8 +217,8 @@ async def run_sink(
                         failed = True
                     stats.retries += 1
                     stats.status = flow_stats.status = "degraded"
-                    stats.failed(str(exc))
-                    flow_stats.failed(str(exc))
+                    stats.record_error(str(exc))
+                    flow_stats.record_error(str(exc))
                     delay = backoff.next()
                     log.warning(
                         "write failed, retrying",
@@ -231,16 +231,16 @@ async def run_sink(
                     try:
                         await recover()
                     except RetryableSinkError as exc2:
-                        stats.failed(str(exc2))
-                        flow_stats.failed(str(exc2))
+                        stats.record_error(str(exc2))
+                        flow_stats.record_error(str(exc2))
             backoff.reset()
             if failed:
                 log.info("destination recovered", flow=flow_stats.name, destination=name)
                 stats.status = "running"
-                stats.recovered()
+                stats.clear_error()
                 if all(d.status == "running" for d in flow_stats.destinations.values()):
                     flow_stats.status = "running"
-                    flow_stats.recovered()
+                    flow_stats.clear_error()
             stats.batches += 1
             stats.written += result.written
             stats.dead_lettered += result.dead_lettered
