@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BATCH_BUCKETS_S", "DestinationStats", "FlowStats", "Histogram", "Rate"]
+__all__ = ["BATCH_BUCKETS_S", "DestinationStats", "ErrorState", "FlowStats", "Histogram", "Rate"]
 
 _WINDOW = 10
 # Batch write durations, seconds (Prometheus histogram buckets).
@@ -66,8 +66,27 @@ class Rate:
         self._buckets.clear()
 
 
+class ErrorState:
+    """``last_error`` is the trouble a flow or destination is in now, ``None`` once healthy.
+
+    ``last_error_at`` (seconds since the epoch) stays after recovery: an operator who finds
+    everything running still sees that, and when, something went wrong (the logs say what).
+    A stale error next to ``running`` would say the opposite of the status.
+    """
+
+    last_error: str | None
+    last_error_at: float | None
+
+    def record_error(self, error: str) -> None:
+        self.last_error = error
+        self.last_error_at = round(time.time(), 3)
+
+    def clear_error(self) -> None:
+        self.last_error = None
+
+
 @dataclass
-class DestinationStats:
+class DestinationStats(ErrorState):
     name: str
     status: str = "starting"
     written: int = 0
@@ -77,6 +96,7 @@ class DestinationStats:
     failed_batches: int = 0
     retries: int = 0
     last_error: str | None = None
+    last_error_at: float | None = None
     last_batch_ms: float | None = None
     checkpoint: int | None = None
     rate: Rate = field(default_factory=Rate)
@@ -93,6 +113,7 @@ class DestinationStats:
             "failed_batches": self.failed_batches,
             "retries": self.retries,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "last_batch_latency_ms": self.last_batch_ms,
             "events_per_second": self.rate.per_second(),
             "checkpoint": self.checkpoint,
@@ -101,13 +122,13 @@ class DestinationStats:
     def reset(self) -> None:
         self.written = self.dead_lettered = self.skipped = 0
         self.batches = self.failed_batches = self.retries = 0
-        self.last_error = None
+        self.last_error = self.last_error_at = None
         self.rate.reset()
         self.latency.reset()
 
 
 @dataclass
-class FlowStats:
+class FlowStats(ErrorState):
     name: str
     status: str = "starting"
     received: int = 0
@@ -115,6 +136,7 @@ class FlowStats:
     restarts: int = 0
     dropped: int = 0  # core NATS only: shed because the flow could not keep up
     last_error: str | None = None
+    last_error_at: float | None = None
     pending: int | None = None
     jetstream: bool = False
     destinations: dict[str, DestinationStats] = field(default_factory=dict)
@@ -139,6 +161,7 @@ class FlowStats:
             "retries": sum(d["retries"] for d in dests),
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "events_per_second": self.rate.per_second(),
             "consumer_pending": self.pending,
             "destinations": dests,
@@ -146,7 +169,7 @@ class FlowStats:
 
     def reset(self) -> None:
         self.received = self.acked = self.restarts = self.dropped = 0
-        self.last_error = None
+        self.last_error = self.last_error_at = None
         self.rate.reset()
         for d in self.destinations.values():
             d.reset()

@@ -80,6 +80,7 @@ class Lane:
                 got = await sink.claim(wanted)
             except RetryableSinkError as exc:
                 dstats.status = "degraded"
+                dstats.record_error(str(exc))
                 raise SourceError(f"destination {name!r}: {exc}") from exc
             if got is not None:
                 break
@@ -94,6 +95,7 @@ class Lane:
         if len(got) == 1:
             (dstats.checkpoint,) = got.values()
         dstats.status = "running"
+        dstats.clear_error()
         return got
 
     async def revoked(self, partitions: Mapping[Partition, int | None]) -> None:
@@ -177,6 +179,7 @@ class Lane:
                     )
                 await nursery.start(self._run_source, src_send)
                 stats.status = "running"
+                stats.clear_error()  # every destination is connected and the source reads
                 flow._running_since = trio.current_time()
                 log.info("flow running", partitions=[str(p) for p in self.claimed])
                 await stages.run_acker(done_recv, self.inflight, len(sinks), self._ack, stats)

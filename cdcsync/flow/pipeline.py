@@ -130,7 +130,7 @@ class Flow:
                     raise SourceError("source stopped unexpectedly")
                 except FatalSinkError as exc:
                     self.stats.status = "failed"
-                    self.stats.last_error = str(exc)
+                    self.stats.record_error(str(exc))
                     log.error("flow failed", error=str(exc))
                     if not ever_ran:
                         raise
@@ -166,7 +166,7 @@ class Flow:
 
     def _note_failure(self, exc: BaseException) -> None:
         self.stats.status = "degraded"
-        self.stats.last_error = str(exc)
+        self.stats.record_error(str(exc) or type(exc).__name__)
         self.stats.restarts += 1
 
     async def _close(self) -> None:
@@ -182,7 +182,9 @@ class Flow:
             try:
                 await sink.connect()
             except RetryableSinkError as exc:
-                self.stats.destination(sink.name).status = "degraded"
+                dstats = self.stats.destination(sink.name)
+                dstats.status = "degraded"
+                dstats.record_error(str(exc))
                 raise SourceError(f"destination {sink.name!r}: {exc}") from exc
 
     async def _run_once(self) -> None:

@@ -91,7 +91,18 @@ def canonical_key(value: Any, pg_type: str) -> Any:
 
 
 def _exact(value: Any) -> Any:
-    """Exact numbers (see events.py) travel as JSON strings; PostgreSQL parses them exactly."""
+    """Exact numbers (see events.py) travel as the JSON numbers they were, digit for digit.
+
+    PostgreSQL reads a JSON number into ``numeric`` (and ``jsonb``) exactly; as a string it
+    would land in a ``jsonb`` or ``json`` column as a string, a different value.
+    """
+    if isinstance(value, decimal.Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _exact_text(value: Any) -> Any:
+    """The standard library cannot write raw JSON: nested past orjson's limit, a string."""
     if isinstance(value, decimal.Decimal):
         return str(value)
     raise TypeError(f"cannot serialize {type(value).__name__}")
@@ -111,6 +122,6 @@ def rows_json(rows: list[dict[str, Any]]) -> str:
         return orjson.dumps(rows, default=_exact).decode()
     except TypeError:
         try:
-            return json.dumps(rows, ensure_ascii=False, allow_nan=False, default=_exact)
+            return json.dumps(rows, ensure_ascii=False, allow_nan=False, default=_exact_text)
         except (RecursionError, TypeError, ValueError) as exc:
             raise BadValue(f"value cannot be serialized: {type(exc).__name__}: {exc}") from None
