@@ -10,6 +10,7 @@ reconnect and gap exactly-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -58,6 +59,11 @@ class Flow:
         src_spec = registry.sources()[config.source.type]
         self.source: Any = src_spec.factory(config.name, config.source.options)
         self.stats.jetstream = bool(getattr(self.source, "jetstream", False))
+        # Optional in the source protocol: the pending figure without a network call.
+        self._local_pending: Callable[[], int | None] = getattr(
+            self.source, "local_pending", lambda: None
+        )
+        self._acks = 0
         self._dropped_seen = 0
         self.sinks: list[Any] = []
         for dest in sorted(config.destinations, key=lambda d: d.name):
@@ -287,15 +293,32 @@ class Flow:
                 self.stats.status = "running"
                 self._running_since = trio.current_time()
                 log.info("flow running", start_after=start_after)
-                await stages.run_acker(
-                    done_recv, inflight, len(self.sinks), self.source.ack, self.stats
-                )
+                await stages.run_acker(done_recv, inflight, len(self.sinks), self._ack, self.stats)
                 aux.cancel_scope.cancel()
         self._running_since = None
 
+    async def _ack(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge a committed batch, and bring the pending figure up to date at once.
+
+        Polling alone left a drained stream showing the figure of the last poll for up to
+        2 s (plus the API's sampling); asking the server after every batch would cost a
+        round trip per batch. The source works the figure out from what it already has.
+        """
+        await self.source.ack(deliveries)
+        self._acks += 1
+        figure = self._local_pending()
+        if figure is not None:
+            self.stats.pending = figure
+
     async def _poll_pending(self) -> None:
+        """The server's pending figure every 2 s: the backlog that grows while nothing is
+        delivered (paused, or at ``max_ack_pending``), and a check on the local figure."""
         while True:
-            self.stats.pending = await self.source.pending()
+            acks = self._acks
+            figure = await self.source.pending()
+            # An ack during the round trip made the local figure newer than this answer.
+            if acks == self._acks or self._local_pending() is None:
+                self.stats.pending = figure
             self._count_dropped()
             await trio.sleep(2)
 

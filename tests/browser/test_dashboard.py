@@ -54,6 +54,12 @@ def api_stats(api: str) -> dict[str, dict[str, Any]]:
         return {f["name"]: f for f in json.load(resp)["flows"]}
 
 
+def post(api: str, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"{api}{path}", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return dict(json.load(resp))
+
+
 def wait_counter(page: Page, test_id: str, expected: int, timeout_s: float) -> float:
     """Seconds until the counter shows ``expected``; fails after ``timeout_s``."""
     started = time.monotonic()
@@ -279,3 +285,31 @@ def test_connection_lost_banner_and_reconnect(world: World, serve: Any, context:
     world.publish("users", world.events("users", range(3, 7)))
     wait_counter(page, "flow-written-users", 4, 3.0)  # the new process counts from zero
     assert world.ids("users") == list(range(7))
+
+
+def test_pending_shows_zero_within_a_second_of_the_drain(
+    world: World, serve: Any, context: Any
+) -> None:
+    """Once every message of the stream is acknowledged (the consumer's pending is 0 on the
+    server), the overview shows Pending 0 within about a second, not the figure it had
+    before: here a paused flow's backlog of 29 drains right after resume."""
+    api = serve(world.config(("users",))).wait_started()
+    page = open_page(context, f"{api}/")
+    post(api, "/api/flows/users/pause")
+    expect(page.get_by_test_id("flow-status-users")).to_have_text("paused", timeout=5000)
+    world.publish("users", world.events("users", range(29)))
+    wait_counter(page, "flow-pending-users", 29, 8.0)
+
+    with world.watch_drain("users", delivered=29) as drain:
+        page.get_by_test_id("flow-toggle-users").click()
+        drained_at = drain.wait(15.0)
+    # Polled every animation frame, so the time is the page's, not Playwright's retry step.
+    page.wait_for_function(
+        "document.querySelector('[data-testid=flow-pending-users]').textContent === '0'",
+        polling="raf",
+        timeout=10_000,
+    )
+    shown_after = time.monotonic() - drained_at
+    print(f"Pending 0 shown {shown_after:.2f} s after the consumer drained")
+    assert world.ids("users") == list(range(29))
+    assert shown_after < 1.3, f"Pending 0 shown only {shown_after:.2f} s after the drain"
