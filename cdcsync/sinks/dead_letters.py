@@ -1,4 +1,4 @@
-"""Operator tools over ``cdcsync_dead_letters``: list, replay, purge.
+"""Operator tools over ``cdcsync_dead_letters``: list, group by reason, replay, purge.
 
 Replay decodes each stored payload again with its flow's format and applies it
 through the destination's own write path (catalog resolution, conflict mode,
@@ -23,7 +23,17 @@ from cdcsync.flow.stages import decode_batch
 from cdcsync.sinks.postgres import PostgresSink
 from cdcsync.sinks.sql import quote_ident
 
-__all__ = ["DeadLetter", "ReplayResult", "list_letters", "purge", "replay"]
+__all__ = [
+    "WINDOW",
+    "DeadLetter",
+    "ReasonGroup",
+    "Reasons",
+    "ReplayResult",
+    "list_letters",
+    "purge",
+    "reasons",
+    "replay",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,24 @@ class DeadLetter:
     table_name: str | None
     failed_at: dt.datetime
     payload: bytes
+    reason: str = ""  # ``error`` with what varies per event masked (see _REASON)
+
+
+@dataclass(frozen=True)
+class ReasonGroup:
+    reason: str
+    count: int
+    example: str  # the newest letter's ``error``, unmasked
+    table_name: str | None  # the newest letter's table
+    last_failed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Reasons:
+    total: int  # dead letters of the (flow, destination)
+    grouped: int  # the newest of them that were grouped (at most WINDOW)
+    distinct: int  # distinct reasons among those, of which ``groups`` holds the commonest
+    groups: list[ReasonGroup]
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,37 @@ def _table(sink: PostgresSink) -> str:
     return f"{quote_ident(sink.options.schema)}.cdcsync_dead_letters"
 
 
+# What varies from one event to the next in an ``error`` text, masked with "…" (in this
+# order) so that the same failure groups as one reason: values and numbers go, the names
+# (tables, columns, constraints, types) that say what to fix stay.
+_MASKS = (
+    (r"=\([^)]*\)", "=(…)"),  # a key's values: Key (email)=(…) already exists
+    (r"Failing row contains \(.*?\)\.", "Failing row contains (…)."),
+    (r'(: |value )"[^"]*"', r'\1"…"'),  # a quoted value: for type integer: "…"
+    (r"(\W)(-?\d+(\.\d+)?|0x[0-9a-fA-F]+)\M", r"\1…"),  # numbers, bytes, JSON positions
+)
+
+
+def _masked(column: str) -> str:
+    """SQL for ``column`` with _MASKS applied (E'' literals: whatever the server's
+    standard_conforming_strings, a backslash means the same)."""
+    expr = column
+    for pattern, replacement in _MASKS:
+        pat, rep = (x.replace("\\", "\\\\").replace("'", "''") for x in (pattern, replacement))
+        expr = f"regexp_replace({expr}, E'{pat}', E'{rep}', 'g')"
+    return expr
+
+
+_REASON = _masked("error")
+WINDOW = 10_000  # reasons are grouped among this many newest letters of a destination
+_MINE = "flow = $1 AND destination = $2"
+
+
+def _newest(sink: PostgresSink) -> str:
+    """The ids of the letters that :func:`reasons` groups."""
+    return f"SELECT id FROM {_table(sink)} WHERE {_MINE} ORDER BY id DESC LIMIT {WINDOW}"
+
+
 async def _exists(conn: asyncpg.Connection, schema: str) -> bool:
     found = await conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{quote_ident(schema)}.cdcsync_dead_letters"
@@ -57,27 +116,69 @@ async def _exists(conn: asyncpg.Connection, schema: str) -> bool:
 
 
 async def list_letters(
-    sink: PostgresSink, limit: int = 50, ids: list[int] | None = None
+    sink: PostgresSink,
+    limit: int = 50,
+    ids: list[int] | None = None,
+    *,
+    offset: int = 0,
+    reason: str | None = None,
 ) -> list[DeadLetter]:
-    """The newest dead letters of the sink's (flow, destination), newest first."""
+    """The sink's (flow, destination) dead letters, newest first: ``limit`` after skipping
+    ``offset``, only those whose masked reason is ``reason`` when given."""
 
     async def go() -> list[DeadLetter]:
         conn = await sink.raw_connection()
         if not await _exists(conn, sink.options.schema):
             return []
-        where = "flow = $1 AND destination = $2"
-        args: list[Any] = [sink.flow, sink.name]
-        if ids is not None:
-            where += " AND id = ANY($4::bigint[])"
-        query = (
-            f"SELECT id, flow, destination, subject, stream_seq, error, table_name, failed_at, "
-            f"payload FROM {_table(sink)} WHERE {where} ORDER BY id DESC LIMIT $3"
-        )
-        args.append(limit)
+        where = _MINE
+        args: list[Any] = [sink.flow, sink.name, limit, offset]
         if ids is not None:
             args.append(ids)
+            where += f" AND id = ANY(${len(args)}::bigint[])"
+        if reason is not None:  # among the letters that reasons() grouped
+            args.append(reason)
+            where += f" AND {_REASON} = ${len(args)} AND id IN ({_newest(sink)})"
+        # The reason is worked out for the rows returned only (outside the LIMIT).
+        query = (
+            f"SELECT *, {_REASON} AS reason FROM (SELECT id, flow, destination, subject, "
+            f"stream_seq, error, table_name, failed_at, payload FROM {_table(sink)} "
+            f"WHERE {where} ORDER BY id DESC LIMIT $3 OFFSET $4) AS page ORDER BY id DESC"
+        )
         rows = await conn.fetch(query, *args)
         return [DeadLetter(**dict(r)) for r in rows]
+
+    return await aio(go)
+
+
+async def reasons(sink: PostgresSink, limit: int = 1000) -> Reasons:
+    """The sink's (flow, destination) newest ``WINDOW`` dead letters grouped by masked
+    reason, commonest first (a bounded query however many letters piled up)."""
+
+    async def go() -> Reasons:
+        conn = await sink.raw_connection()
+        if not await _exists(conn, sink.options.schema):
+            return Reasons(0, 0, 0, [])
+        rows = await conn.fetch(
+            f"WITH g AS (SELECT {_REASON} AS reason, count(*) AS count, max(id) AS last_id, "
+            f"max(failed_at) AS last_failed_at FROM {_table(sink)} "
+            f"WHERE {_MINE} AND id IN ({_newest(sink)}) GROUP BY 1) "
+            f"SELECT g.reason, g.count, d.error AS example, d.table_name, g.last_failed_at, "
+            f"sum(g.count) OVER () AS grouped, count(*) OVER () AS distinct_reasons "
+            f"FROM g JOIN {_table(sink)} d ON d.id = g.last_id "
+            f"ORDER BY g.count DESC, g.reason LIMIT $3",
+            sink.flow,
+            sink.name,
+            limit,
+        )
+        total = await conn.fetchval(
+            f"SELECT count(*) FROM {_table(sink)} WHERE {_MINE}", sink.flow, sink.name
+        )
+        groups = [
+            ReasonGroup(r["reason"], r["count"], r["example"], r["table_name"], r["last_failed_at"])
+            for r in rows
+        ]
+        grouped = int(rows[0]["grouped"]) if rows else 0
+        return Reasons(total, grouped, rows[0]["distinct_reasons"] if rows else 0, groups)
 
     return await aio(go)
 
