@@ -123,8 +123,8 @@ async def list_letters(
     offset: int = 0,
     reason: str | None = None,
 ) -> list[DeadLetter]:
-    """The sink's (flow, destination) dead letters, newest first: ``limit`` after skipping
-    ``offset``, only those whose masked reason is ``reason`` when given."""
+    """The sink's (flow, destination) dead letters, the last to fail first: ``limit`` after
+    skipping ``offset``, only those whose masked reason is ``reason`` when given."""
 
     async def go() -> list[DeadLetter]:
         conn = await sink.raw_connection()
@@ -138,11 +138,13 @@ async def list_letters(
         if reason is not None:  # among the letters that reasons() grouped
             args.append(reason)
             where += f" AND {_REASON} = ${len(args)} AND id IN ({_newest(sink)})"
+        # Newest first, and within one batch (one failed_at) in stream order, newest first.
         # The reason is worked out for the rows returned only (outside the LIMIT).
+        order = "failed_at DESC, stream_seq DESC NULLS LAST, id DESC"
         query = (
             f"SELECT *, {_REASON} AS reason FROM (SELECT id, flow, destination, subject, "
             f"stream_seq, error, table_name, failed_at, payload FROM {_table(sink)} "
-            f"WHERE {where} ORDER BY id DESC LIMIT $3 OFFSET $4) AS page ORDER BY id DESC"
+            f"WHERE {where} ORDER BY {order} LIMIT $3 OFFSET $4) AS page ORDER BY {order}"
         )
         rows = await conn.fetch(query, *args)
         return [DeadLetter(**dict(r)) for r in rows]

@@ -82,7 +82,7 @@ async def test_reasons_group_one_failure_across_values(env: Env, nursery: trio.N
 async def test_dead_letters_page_by_offset_and_filter_by_reason(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    """Pages of `limit` after `offset` cover every letter once, newest first; `reason`
+    """Pages of `limit` after `offset` cover every letter once, the last to fail first; `reason`
     keeps one group's letters; a window past 1,000 or a bad number is a 400."""
     await env.create_schema(TABLES)
     bad = [item(i, qty=f"v{i}") for i in range(20)] + [b"{nope"] * 5
@@ -106,8 +106,8 @@ async def test_dead_letters_page_by_offset_and_filter_by_reason(
             ]
     assert [len(p) for p in pages] == [10, 10, 5]
     assert sorted(d["stream_seq"] for p in pages for d in p) == list(range(1, len(bad) + 1))
-    ids = [d["id"] for p in pages for d in p]
-    assert ids == sorted(ids, reverse=True)  # newest first
+    order = [(d["failed_at"], d["stream_seq"]) for p in pages for d in p]
+    assert order == sorted(order, reverse=True)  # the last to fail first, then stream order
     assert (
         reason
         == "not valid JSON: unexpected character, expected a string key: line … column … (char …)"
