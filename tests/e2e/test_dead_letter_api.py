@@ -58,6 +58,7 @@ async def test_reasons_group_one_failure_across_values(env: Env, nursery: trio.N
             body = (await client.get("/api/dead-letters/reasons", params={"flow": "f"})).json()
             top2 = (await client.get("/api/dead-letters/reasons", params={"limit": 2})).json()
             missing = await client.get("/api/dead-letters/reasons", params={"flow": "nope"})
+            bad_limit = await client.get("/api/dead-letters/reasons", params={"limit": "x"})
     assert body["total"] == body["grouped"] == 2 * len(bad) and body["unavailable"] == []
     assert body["distinct"] == 7  # the five above and two unknown tables
     counts = {g["reason"]: g["count"] for g in body["reasons"]}
@@ -76,7 +77,7 @@ async def test_reasons_group_one_failure_across_values(env: Env, nursery: trio.N
         ("second", 3),
     ]
     assert len(top2["reasons"]) == 2 and top2["distinct"] == 7
-    assert missing.status_code == 404
+    assert missing.status_code == 404 and bad_limit.status_code == 400
 
 
 async def test_dead_letters_page_by_offset_and_filter_by_reason(
