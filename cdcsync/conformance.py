@@ -20,13 +20,13 @@ to. Each check raises ``AssertionError`` saying what the protocol expected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
 
-__all__ = ["EPOCH", "PARTITIONS", "check_destination"]
+__all__ = ["EPOCH", "PARTITIONS", "FixedStart", "check_destination"]
 
 EPOCH = "2026-01-01T00:00:00+00:00"
 P0 = Partition("CONFORMANCE", 0, sole=True)
@@ -58,6 +58,24 @@ def _batch(
             event = ChangeEvent(table, Op.INSERT, {"id": k, "name": f"n{k}"})
             items.append(Item(delivery, event))
     return Batch(batch_id, items)
+
+
+class FixedStart:
+    """A coordinator for driving a source alone (tests, tools): every partition starts after
+    the position given for its stream (None: where the source's configuration says), and
+    hand-offs are recorded, not waited for."""
+
+    def __init__(self, after: dict[str, int | None] | None = None) -> None:
+        self.after = after or {}
+        self.assigned_partitions: list[Partition] = []
+        self.revoked_partitions: list[Partition] = []
+
+    async def assigned(self, partitions: Mapping[Partition, str]) -> dict[Partition, int | None]:
+        self.assigned_partitions += list(partitions)
+        return {p: self.after.get(p.stream) for p in partitions}
+
+    async def revoked(self, partitions: Mapping[Partition, int | None]) -> None:
+        self.revoked_partitions += list(partitions)
 
 
 def _expect(result: WriteResult, what: str, **counts: int) -> None:

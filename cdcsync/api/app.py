@@ -19,11 +19,10 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from cdcsync import __version__, registry
-from cdcsync.api import dashboard, history, metrics
+from cdcsync import __version__
+from cdcsync.api import dashboard, history, letters, metrics
 from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
-from cdcsync.plugin import DeadLetter
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -222,36 +221,6 @@ def create_app(
     async def resume(name: str) -> Response:
         return toggle(name, pause=False)
 
-    @app.get("/api/dead-letters")
-    async def get_dead_letters() -> Response:
-        wanted = request.args.get("flow")
-        try:
-            limit = max(1, min(int(request.args.get("limit", "50")), 1000))
-        except ValueError:
-            return _error(400, "limit must be an integer")
-        if wanted and wanted not in by_name:
-            return not_found(wanted)
-        letters: list[dict[str, Any]] = []
-        for flow in flows:
-            if wanted and flow.name != wanted:
-                continue
-            for dest in flow.config.destinations:
-                sink = registry.destinations()[dest.type].factory(
-                    flow.name, dest.name, dest.options
-                )
-                try:
-                    with trio.move_on_after(5):
-                        found = await sink.dead_letters(limit=limit)
-                        letters.extend(_letter(d) for d in found)
-                except Exception as exc:
-                    letters.append(
-                        {"flow": flow.name, "destination": dest.name, "unavailable": str(exc)}
-                    )
-                finally:
-                    await sink.close()
-        letters.sort(key=lambda d: d.get("failed_at") or "", reverse=True)
-        return jsonify({"dead_letters": letters[:limit]})
-
     @app.get("/api/flows")
     async def list_flows() -> Response:
         return jsonify({"flows": [view(f) for f in flows]})
@@ -263,6 +232,7 @@ def create_app(
             return not_found(name)
         return jsonify(view(flow))
 
+    letters.register(app, flows, _error)
     dashboard.register(app)  # last: its catch-all route never shadows the API's
     return app
 
@@ -271,19 +241,3 @@ def _error(status: int, message: str) -> Response:
     resp = jsonify({"error": message})
     resp.status_code = status
     return resp
-
-
-def _letter(d: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "flow": d.flow,
-        "destination": d.destination,
-        "subject": d.subject,
-        "stream_seq": d.stream_seq,
-        "partition": d.partition,
-        "table": d.table_name,
-        "error": d.error,
-        "failed_at": d.failed_at.isoformat(),
-        "payload": d.payload[:2048].decode("utf-8", errors="replace"),
-        "payload_bytes": len(d.payload),
-    }

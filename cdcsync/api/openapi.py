@@ -11,6 +11,7 @@ __all__ = ["SPEC"]
 _JSON = {"application/json": {"schema": {"type": "object"}}}
 _FLOW = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _BEARER = [{"bearer": []}]
+_FLOW_FILTER = {"name": "flow", "in": "query", "schema": {"type": "string"}}
 
 
 def _get(summary: str, content: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -75,10 +76,29 @@ SPEC: dict[str, Any] = {
         ),
         "/api/flows/{name}/resume": _post("Read again from the checkpoints", parameters=[_FLOW]),
         "/api/dead-letters": _get(
-            "The newest dead letters with their reasons",
+            "The dead letters, newest first, `limit` after `offset` (offset + limit at most"
+            " 1000), each with its `error` and its masked `reason`",
             parameters=[
-                {"name": "flow", "in": "query", "schema": {"type": "string"}},
+                _FLOW_FILTER,
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                {
+                    "name": "reason",
+                    "in": "query",
+                    "description": "only the letters with this masked reason, as"
+                    " /api/dead-letters/reasons names it (among its newest 10,000)",
+                    "schema": {"type": "string"},
+                },
+            ],
+        ),
+        "/api/dead-letters/reasons": _get(
+            "The dead letters grouped by reason, commonest first: {total, grouped, distinct,"
+            " reasons: [{reason, count, example, table, last_failed_at, destinations}],"
+            " unavailable}. A reason is the error text with values and numbers masked"
+            " as `…`; grouped among each destination's newest 10,000 letters",
+            parameters=[
+                _FLOW_FILTER,
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 20}},
             ],
         ),
     },

@@ -10,6 +10,7 @@ reconnect and gap exactly-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -57,6 +58,11 @@ class Flow:
         src_spec = registry.sources()[config.source.type]
         self.source: Source = src_spec.factory(config.name, config.source.options)
         self.stats.jetstream = bool(self.source.positioned)
+        # Optional in the source protocol: the pending figure without a network call.
+        self.local_pending: Callable[[], int | None] = getattr(
+            self.source, "local_pending", lambda: None
+        )
+        self.acks = 0
         self._dropped_seen = 0
         self.sinks: list[Destination] = []
         for dest in sorted(config.destinations, key=lambda d: d.name):
@@ -199,8 +205,14 @@ class Flow:
         self._running_since = None
 
     async def _poll_pending(self) -> None:
+        """The server's pending figure every 2 s: the backlog that grows while nothing is
+        delivered (paused, or at ``max_ack_pending``), and a check on the local figure."""
         while True:
-            self.stats.pending = await self.source.pending()
+            acks = self.acks
+            figure = await self.source.pending()
+            # An ack during the round trip made the local figure newer than this answer.
+            if acks == self.acks or self.local_pending() is None:
+                self.stats.pending = figure
             self._count_dropped()
             await trio.sleep(2)
 

@@ -43,6 +43,7 @@ from cdcsync.errors import (
 from cdcsync.events import UNAVAILABLE, ChangeEvent, Op
 from cdcsync.flow.batch import UNPOSITIONED, Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.registry import ComponentSpec
+from cdcsync.sinks.reasons import ReasonGroup, Reasons
 
 __all__ = [
     "UNAVAILABLE",
@@ -66,6 +67,8 @@ __all__ = [
     "Item",
     "Op",
     "Partition",
+    "ReasonGroup",
+    "Reasons",
     "ReplayResult",
     "RetryableSinkError",
     "SinkError",
@@ -95,6 +98,7 @@ class DeadLetter:
     table_name: str | None
     failed_at: dt.datetime
     payload: bytes
+    reason: str = ""  # ``error`` with what varies per event masked (cdcsync.sinks.reasons)
 
 
 @dataclass(frozen=True)
@@ -235,9 +239,19 @@ class Destination(Protocol):
         ...
 
     async def dead_letters(
-        self, *, limit: int, ids: Sequence[int] | None = None
+        self,
+        *,
+        limit: int,
+        ids: Sequence[int] | None = None,
+        offset: int = 0,
+        reason: str | None = None,
     ) -> list[DeadLetter]:
-        """This (flow, destination)'s dead letters, newest first (operator tools, API)."""
+        """This (flow, destination)'s dead letters, the last to fail first (operator tools,
+        API): ``limit`` after skipping ``offset``; only those of ``reason`` when given."""
+        ...
+
+    async def dead_letter_reasons(self, *, limit: int = 1000) -> Reasons:
+        """The newest dead letters grouped by reason, commonest first."""
         ...
 
     async def replay(self, decode: Decoder, *, ids: Sequence[int] | None = None) -> ReplayResult:

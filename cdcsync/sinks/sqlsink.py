@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
@@ -26,8 +26,9 @@ from cdcsync.bridge import aio
 from cdcsync.errors import FatalSinkError, RetryableSinkError
 from cdcsync.events import Op
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
-from cdcsync.plugin import DeadLetter, Decoder, ReplayResult
+from cdcsync.plugin import DeadLetter, Decoder, Reasons, ReplayResult
 from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
+from cdcsync.sinks.reasons import WINDOW, group, mask
 from cdcsync.sinks.resolve import Resolution, Resolved, Resolver
 from cdcsync.sinks.tables import TableInfo
 
@@ -129,8 +130,24 @@ class Dialect(Protocol):
 
     # dead letters (operator tools)
     async def list_letters(
-        self, conn: Any, flow: str, dest: str, limit: int, ids: Sequence[int] | None
-    ) -> list[DeadLetter]: ...
+        self,
+        conn: Any,
+        flow: str,
+        dest: str,
+        limit: int,
+        ids: Sequence[int] | None,
+        offset: int,
+    ) -> list[DeadLetter]:
+        """Last to fail first: ``failed_at`` descending, then stream position descending."""
+        ...
+
+    async def recent_letters(
+        self, conn: Any, flow: str, dest: str, limit: int
+    ) -> list[tuple[int, str, str | None, dt.datetime]]:
+        """(id, error, table, failed_at) of the newest ``limit``, in list_letters' order."""
+        ...
+
+    async def count_letters(self, conn: Any, flow: str, dest: str) -> int: ...
     async def letters_for_replay(
         self, conn: Any, flow: str, dest: str, ids: Sequence[int] | None
     ) -> list[tuple[int, str, int | None, int | None, bytes]]: ...
@@ -254,11 +271,37 @@ class SqlDestination:
             await self.close()
 
     async def dead_letters(
-        self, *, limit: int, ids: Sequence[int] | None = None
+        self,
+        *,
+        limit: int,
+        ids: Sequence[int] | None = None,
+        offset: int = 0,
+        reason: str | None = None,
     ) -> list[DeadLetter]:
         async def go() -> list[DeadLetter]:
             conn = await self._aio_operator_conn()
-            return await self.dialect.list_letters(conn, self.flow, self.name, limit, ids)
+            dialect = self.dialect
+            if reason is not None:  # among the letters that dead_letter_reasons() grouped
+                recent = await dialect.recent_letters(conn, self.flow, self.name, WINDOW)
+                chosen = [r[0] for r in recent if mask(r[1]) == reason]
+                if ids is not None:
+                    chosen = [i for i in chosen if i in set(ids)]
+                page = chosen[offset : offset + limit]
+                if not page:
+                    return []
+                found = await dialect.list_letters(conn, self.flow, self.name, len(page), page, 0)
+            else:
+                found = await dialect.list_letters(conn, self.flow, self.name, limit, ids, offset)
+            return [replace(d, reason=mask(d.error)) for d in found]
+
+        return await aio(go)
+
+    async def dead_letter_reasons(self, *, limit: int = 1000) -> Reasons:
+        async def go() -> Reasons:
+            conn = await self._aio_operator_conn()
+            total = await self.dialect.count_letters(conn, self.flow, self.name)
+            recent = await self.dialect.recent_letters(conn, self.flow, self.name, WINDOW)
+            return group(total, recent, limit)
 
         return await aio(go)
 

@@ -134,6 +134,8 @@ class NatsSource:
         self._first_error: asyncio.Future[BaseException] | None = None
         self._dseq = 0
         self._seq = 0
+        self._last_reply: list[str] | None = None  # the newest delivery's reply subject, split
+        self._acked = 0  # deliveries acknowledged since the consumer was created
         self.dropped = 0
         self._partition = UNPOSITIONED
 
@@ -251,6 +253,7 @@ class NatsSource:
         if self.options.jetstream is not None and deliveries:
             last = max(deliveries, key=_stream_seq)
             await aio(self._aio_reply, [last.handle], _ACK)
+            self._acked += len(deliveries)
 
     async def in_progress(self, deliveries: list[Delivery]) -> None:
         """Tell JetStream these are still being worked on (resets their ack_wait)."""
@@ -288,6 +291,26 @@ class NatsSource:
         except Exception:
             return None
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    def local_pending(self) -> int | None:
+        """What :meth:`pending` would answer, worked out without asking the server.
+
+        The newest delivery's reply subject carries how many messages the consumer had
+        left to deliver after it; the ones delivered to us and not yet acknowledged we
+        count ourselves (delivery sequences are gap-free, see ``_aio_on_msg``). Exact
+        right after an ack, which is when a drained stream must show 0; it misses
+        messages published since the newest delivery (the flow's poll catches those) and
+        counts a redelivered message twice until it is acked. None before the first
+        delivery of this consumer.
+        """
+        tokens = self._last_reply
+        if tokens is None:
+            return None
+        try:
+            undelivered = int(tokens[8] if len(tokens) == 9 else tokens[10])
+        except ValueError:  # not a count: the poll's figure stands
+            return None
+        return undelivered + self._dseq - self._acked
 
     # --- asyncio side --------------------------------------------------------------------
 
@@ -380,7 +403,8 @@ class NatsSource:
 
     async def _aio_subscribe(self, start_after: int | None) -> None:
         o = self.options
-        self._dseq = 0
+        self._dseq = self._acked = 0
+        self._last_reply = None
         if o.jetstream is None:
             self._sub = await self._nc.subscribe(
                 o.subject, cb=self._aio_on_msg, pending_msgs_limit=o.buffer, pending_bytes_limit=0
@@ -446,6 +470,7 @@ class NatsSource:
                 )
                 return
             self._dseq = dseq
+            self._last_reply = tokens
         else:
             self._seq += 1
             sseq = self._seq

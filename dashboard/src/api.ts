@@ -94,6 +94,7 @@ export interface DeadLetter {
   stream_seq?: number;
   table?: string | null;
   error?: string;
+  reason?: string; // `error` with what varies per event masked as "…" (the group it is in)
   failed_at?: string;
   payload?: string;
   payload_bytes?: number;
@@ -105,7 +106,38 @@ export const pauseFlow = (name: string) =>
 export const resumeFlow = (name: string) =>
   post<FlowView>(`/api/flows/${encodeURIComponent(name)}/resume`);
 export const resetCounters = () => post<unknown>("/api/stats/reset");
-export const deadLetters = (flow: string, limit = 50) =>
-  getJson<{ dead_letters: DeadLetter[] }>(
-    `/api/dead-letters?flow=${encodeURIComponent(flow)}&limit=${limit}`,
-  );
+
+/** One page of a flow's dead letters, newest first; only one reason's when `reason` is set. */
+export function deadLetters(
+  flow: string,
+  page: { limit: number; offset: number; reason?: string | null },
+): Promise<{ dead_letters: DeadLetter[] }> {
+  const query = new URLSearchParams({
+    flow,
+    limit: String(page.limit),
+    offset: String(page.offset),
+  });
+  if (page.reason) query.set("reason", page.reason);
+  return getJson(`/api/dead-letters?${query}`);
+}
+
+/** A reason (masked error text) and how many of the flow's dead letters have it. */
+export interface ReasonGroup {
+  reason: string;
+  count: number;
+  example: string; // the raw error of the group's newest letter
+  table: string | null;
+  last_failed_at: string;
+  destinations: { flow: string; destination: string; count: number }[];
+}
+
+export interface Reasons {
+  total: number; // every dead letter of the flow
+  grouped: number; // the newest ones the groups were formed from (at most 10,000 each)
+  distinct: number; // groups, of which `reasons` holds the commonest
+  reasons: ReasonGroup[];
+  unavailable: DeadLetter[]; // destinations that could not be read
+}
+
+export const deadLetterReasons = (flow: string, limit = 20) =>
+  getJson<Reasons>(`/api/dead-letters/reasons?flow=${encodeURIComponent(flow)}&limit=${limit}`);

@@ -15,12 +15,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import nats
+import nats.errors
 import nats.js.errors
 from cdcproc import CdcProcess
 from harness import envelope
@@ -30,6 +31,7 @@ __all__ = [
     "CHROMIUM_ARGS",
     "DASHBOARD",
     "REPO",
+    "DrainWatch",
     "Serve",
     "World",
     "number",
@@ -110,6 +112,23 @@ def event(flow: str, i: int) -> bytes:
     if flow == "users":
         return envelope("users", "insert", {"id": i, "name": f"user {i}"})
     return envelope("orders", "insert", {"id": i, "total": f"{i}.50"})
+
+
+@dataclass
+class DrainWatch:
+    """When :meth:`World.watch_drain` saw the consumer drained."""
+
+    at: float | None = None
+    error: BaseException | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float) -> float:
+        assert self.done.wait(timeout), f"the consumer did not drain within {timeout} s"
+        if self.error is not None:
+            raise self.error
+        assert self.at is not None
+        return self.at
 
 
 @dataclass
@@ -220,6 +239,50 @@ class World:
                 await nc.close()
 
         run_async(go)
+
+    @contextlib.contextmanager
+    def watch_drain(self, flow: str, delivered: int) -> Iterator[DrainWatch]:
+        """Watch the flow's consumer on the server (every 20 ms) while inside.
+
+        It has drained once at least ``delivered`` messages were delivered, every one is
+        acknowledged and nothing is left to deliver: ``DrainWatch.wait`` returns when that was
+        first seen (``time.monotonic()``).
+        """
+        watch = DrainWatch()
+
+        async def go() -> None:
+            nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=1)
+            try:
+                js = nc.jetstream()
+                stream, durable = f"{self.unique.upper()}_{flow.upper()}", f"{self.unique}-{flow}"
+                while not watch.stop.is_set():
+                    try:
+                        ci = await js.consumer_info(stream, durable)
+                    except nats.errors.Error:
+                        ci = None  # the consumer is being recreated (resume, restart)
+                    if ci is not None:
+                        acked, sent = ci.ack_floor.consumer_seq, ci.delivered.consumer_seq
+                        if ci.num_pending == 0 and sent >= delivered and acked == sent:
+                            watch.at = time.monotonic()
+                            return
+                    await asyncio.sleep(0.02)
+            finally:
+                await nc.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(go())
+            except BaseException as exc:  # surfaced by wait()
+                watch.error = exc
+            watch.done.set()
+
+        thread = threading.Thread(target=run, name="watch-drain", daemon=True)
+        thread.start()
+        try:
+            yield watch
+        finally:
+            watch.stop.set()
+            thread.join(10)
 
     def events(self, flow: str, ids: range) -> list[bytes]:
         return [event(flow, i) for i in ids]

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 from dashkit import World, number, screenshot
+from harness import envelope
 from playwright.sync_api import Page, expect
 from servers import PostgresServer, free_port
 
 TOKEN = "s3cret-dashboard-token"
+DASH = "\N{EN DASH}"
 
 
 @pytest.fixture
@@ -52,6 +54,12 @@ def open_page(ctx: Any, url: str) -> Page:
 def api_stats(api: str) -> dict[str, dict[str, Any]]:
     with urllib.request.urlopen(f"{api}/api/stats", timeout=5) as resp:
         return {f["name"]: f for f in json.load(resp)["flows"]}
+
+
+def post(api: str, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"{api}{path}", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return dict(json.load(resp))
 
 
 def wait_counter(page: Page, test_id: str, expected: int, timeout_s: float) -> float:
@@ -279,3 +287,91 @@ def test_connection_lost_banner_and_reconnect(world: World, serve: Any, context:
     world.publish("users", world.events("users", range(3, 7)))
     wait_counter(page, "flow-written-users", 4, 3.0)  # the new process counts from zero
     assert world.ids("users") == list(range(7))
+
+
+def test_pending_shows_zero_within_a_second_of_the_drain(
+    world: World, serve: Any, context: Any
+) -> None:
+    """Once every message of the stream is acknowledged (the consumer's pending is 0 on the
+    server), the overview shows Pending 0 within about a second, not the figure it had
+    before: here a paused flow's backlog of 29 drains right after resume."""
+    api = serve(world.config(("users",))).wait_started()
+    page = open_page(context, f"{api}/")
+    post(api, "/api/flows/users/pause")
+    expect(page.get_by_test_id("flow-status-users")).to_have_text("paused", timeout=5000)
+    world.publish("users", world.events("users", range(29)))
+    wait_counter(page, "flow-pending-users", 29, 8.0)
+
+    with world.watch_drain("users", delivered=29) as drain:
+        page.get_by_test_id("flow-toggle-users").click()
+        drained_at = drain.wait(15.0)
+    # Polled every animation frame, so the time is the page's, not Playwright's retry step.
+    page.wait_for_function(
+        "document.querySelector('[data-testid=flow-pending-users]').textContent === '0'",
+        polling="raf",
+        timeout=10_000,
+    )
+    shown_after = time.monotonic() - drained_at
+    print(f"Pending 0 shown {shown_after:.2f} s after the consumer drained")
+    assert world.ids("users") == list(range(29))
+    assert shown_after < 1.3, f"Pending 0 shown only {shown_after:.2f} s after the drain"
+
+
+def eighty_dead_letters(schema: str) -> list[bytes]:
+    """80 orders events that fail four ways: 44 bad values, 20 not JSON, 10 with an unknown
+    column, 6 for an unknown table (newest last)."""
+    out = [envelope("orders", "insert", {"id": i, "total": f"{i},50"}) for i in range(44)]
+    out += [b"not json %d" % i for i in range(20)]
+    out += [envelope("orders", "insert", {"id": i, "totl": 1}) for i in range(10)]
+    out += [envelope("orderz", "insert", {"id": i}) for i in range(6)]
+    return out
+
+
+def test_flow_page_groups_dead_letters_by_reason_and_pages_them(
+    world: World, serve: Any, context: Any, shots: Path
+) -> None:
+    """With 80 dead letters of four kinds the flow page stays under 2,000 px: each reason once
+    with its count, the letters ten at a time (all of them, or one reason's), and the
+    `cdcsync dlq` command for the rest."""
+    api = serve(world.config(("orders",))).wait_started()
+    world.publish("orders", eighty_dead_letters(world.unique))
+    page = open_page(context, f"{api}/flows/orders")
+    wait_counter(page, "stat-dead-lettered", 80, 5.0)
+
+    reasons = page.get_by_test_id("dead-letter-reason")
+    expect(reasons).to_have_count(4)
+    counts = [int(c) for c in page.get_by_test_id("dead-letter-reason-count").all_inner_texts()]
+    assert counts == [44, 20, 10, 6]
+    expect(reasons.nth(0)).to_contain_text('invalid input syntax for type numeric: "…"')
+    expect(reasons.nth(2)).to_contain_text("unknown column(s) 'totl'")
+    letters = page.get_by_test_id("dead-letter")
+    expect(letters).to_have_count(10)
+    expect(page.get_by_test_id("dead-letters-range")).to_have_text(f"1{DASH}10 of 80")
+    page.wait_for_timeout(1000)  # charts drawn
+    height = page.evaluate("document.documentElement.scrollHeight")
+    print(f"flow page with 80 dead letters: {height} px")
+    assert height < 2000, f"the flow page is {height} px tall"
+    screenshot(page, shots, "dashboard-dead-letters")
+
+    seen: list[str] = []
+    for first in range(1, 80, 10):
+        expect(page.get_by_test_id("dead-letters-range")).to_have_text(
+            f"{first}{DASH}{first + 9} of 80"
+        )
+        expect(letters).to_have_count(10)
+        seen += letters.get_by_test_id("dead-letter-seq").all_inner_texts()
+        if first < 71:
+            page.get_by_test_id("dead-letters-older").click()
+    expect(page.get_by_test_id("dead-letters-older")).to_be_disabled()
+    assert sorted(seen) == sorted(f"#{seq}" for seq in range(1, 81))  # each letter once
+
+    reasons.nth(2).click()  # only the unknown column's ten
+    expect(page.get_by_test_id("dead-letters-range")).to_have_text(f"1{DASH}10 of 10")
+    expect(letters).to_have_count(10)
+    for error in letters.get_by_test_id("dead-letter-error").all_inner_texts():
+        assert "unknown column(s) 'totl'" in error
+    expect(page.get_by_test_id("dead-letters-older")).to_be_disabled()
+    page.get_by_test_id("dead-letters-all").click()
+    expect(page.get_by_test_id("dead-letters-range")).to_have_text(f"1{DASH}10 of 80")
+    expect(page.get_by_test_id("dlq-command")).to_contain_text("cdcsync dlq list --flow orders")
+    assert not page.errors  # type: ignore[attr-defined]

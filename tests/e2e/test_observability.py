@@ -7,6 +7,10 @@ import trio
 from harness import Env, envelope, read_sse, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdcsync.conformance import FixedStart
+from cdcsync.flow.batch import Delivery
+from cdcsync.sources.nats import JetStreamOptions, NatsOptions, NatsSource
+
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text);"
 
 
@@ -146,3 +150,38 @@ async def test_core_nats_drops_are_counted_not_hidden(env: Env, nursery: trio.Nu
     }
     assert samples[("cdcsync_messages_dropped_total", (("flow", "f"),))] == snap["dropped"]
     assert snap["restarts"] == 0, snap  # shedding load is not a failure
+
+
+async def test_local_pending_figure_is_the_servers(env: Env, nursery: trio.Nursery) -> None:
+    """The pending figure the source works out without asking the server (what the flow
+    shows right after each ack) is the one JetStream reports: with a backlog beyond
+    max_ack_pending, in a stream shared with another subject, and 0 once all are acked."""
+    await env.ensure_stream([f"{env.unique}.>"])
+    for rnd in range(3):  # the other subject leaves gaps in the flow's stream sequences
+        await env.publish(env.subject() + ".x", [b"%d" % i for i in range(10 * rnd, 10 * rnd + 10)])
+        await env.publish(env.subject("other") + ".x", [b"other"] * 5)
+    js = JetStreamOptions(stream=env.stream, durable=f"{env.unique}-f", max_ack_pending=10)
+    source = NatsSource("f", NatsOptions((env.nats_url,), env.subject() + ".>", js))
+    await source.connect()
+    await source.identity()
+    send, recv = trio.open_memory_channel[Delivery](source.channel_size())
+    stop = trio.Event()
+    assert source.local_pending() is None  # nothing delivered yet: only the server knows
+    try:
+        await nursery.start(source.run, FixedStart(), send, stop)
+        with trio.fail_after(10):
+            held = [await recv.receive() for _ in range(10)]  # max_ack_pending: no more
+            assert source.local_pending() == await source.pending() == 30
+            await source.ack(held[:4])
+            held = held[4:] + [await recv.receive() for _ in range(4)]
+            assert source.local_pending() == await source.pending() == 26
+            delivered = 14
+            while delivered < 30:
+                await source.ack(held)
+                held = [await recv.receive() for _ in range(min(10, 30 - delivered))]
+                delivered += len(held)
+            await source.ack(held)
+            assert source.local_pending() == await source.pending() == 0
+    finally:
+        stop.set()
+        await source.close()

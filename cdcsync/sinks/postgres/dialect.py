@@ -295,6 +295,9 @@ class PostgresDialect:
     async def _has_letters(self, conn: asyncpg.Connection) -> bool:
         return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._dl_table))
 
+    # Last to fail first, and within one batch (one failed_at) in stream order, newest first.
+    _ORDER = "failed_at DESC, stream_seq DESC NULLS LAST, id DESC"
+
     async def list_letters(
         self,
         conn: asyncpg.Connection,
@@ -302,20 +305,47 @@ class PostgresDialect:
         dest: str,
         limit: int,
         ids: Sequence[int] | None,
+        offset: int,
     ) -> list[DeadLetter]:
         if not await self._has_letters(conn):
             return []
         where = "flow = $1 AND destination = $2"
-        args: list[Any] = [flow, dest, limit]
+        args: list[Any] = [flow, dest, limit, offset]
         if ids is not None:
-            where += " AND id = ANY($4::bigint[])"
+            where += " AND id = ANY($5::bigint[])"
             args.append(list(ids))
         rows = await conn.fetch(
             f"SELECT id, flow, destination, subject, stream_seq, partition, error, table_name, "
-            f"failed_at, payload FROM {self._dl_table} WHERE {where} ORDER BY id DESC LIMIT $3",
+            f"failed_at, payload FROM {self._dl_table} WHERE {where} "
+            f"ORDER BY {self._ORDER} LIMIT $3 OFFSET $4",
             *args,
         )
         return [DeadLetter(**{**dict(r), "payload": bytes(r["payload"] or b"")}) for r in rows]
+
+    async def recent_letters(
+        self, conn: asyncpg.Connection, flow: str, dest: str, limit: int
+    ) -> list[tuple[int, str, str | None, dt.datetime]]:
+        if not await self._has_letters(conn):
+            return []
+        rows = await conn.fetch(
+            f"SELECT id, error, table_name, failed_at FROM {self._dl_table} "
+            f"WHERE flow = $1 AND destination = $2 ORDER BY {self._ORDER} LIMIT $3",
+            flow,
+            dest,
+            limit,
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def count_letters(self, conn: asyncpg.Connection, flow: str, dest: str) -> int:
+        if not await self._has_letters(conn):
+            return 0
+        return int(
+            await conn.fetchval(
+                f"SELECT count(*) FROM {self._dl_table} WHERE flow = $1 AND destination = $2",
+                flow,
+                dest,
+            )
+        )
 
     async def letters_for_replay(
         self, conn: asyncpg.Connection, flow: str, dest: str, ids: Sequence[int] | None

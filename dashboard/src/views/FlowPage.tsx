@@ -1,5 +1,5 @@
-import { useCallback, useEffect, useMemo, useState } from "react";
-import { type DeadLetter, type FlowView, deadLetters, getJson } from "../api";
+import { useEffect, useMemo, useState } from "react";
+import { type FlowView, getJson } from "../api";
 import { COLORS, EChart, type LineSpec, allEmpty, lineOption, peak, timeRange } from "../charts";
 import { Badge, Link, PauseButton, Stat } from "../components";
 import {
@@ -13,6 +13,7 @@ import {
   formatRate,
   showDropped,
 } from "../model";
+import { DeadLetters } from "./DeadLetters";
 
 export function FlowPage({
   name,
@@ -302,73 +303,5 @@ function DestinationsTable({ destinations }: { destinations: DestinationSnapshot
         </tbody>
       </table>
     </div>
-  );
-}
-
-/** The newest dead letters; fetched on open and whenever the flow's count changes. */
-function DeadLetters({ flow, count }: { flow: string; count: number }) {
-  const [letters, setLetters] = useState<DeadLetter[] | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  const load = useCallback(async () => {
-    try {
-      const body = await deadLetters(flow, 50);
-      setLetters(body.dead_letters);
-      setError(null);
-    } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
-    }
-  }, [flow]);
-  useEffect(() => {
-    void load();
-  }, [load, count]);
-  return (
-    <section className="card" data-testid="dead-letters">
-      <div className="card-head">
-        <h2>Dead letters</h2>
-        <button type="button" className="btn btn-small btn-ghost" onClick={() => void load()}>
-          Refresh
-        </button>
-      </div>
-      {error && <p className="problem">Could not load dead letters: {error}</p>}
-      {letters === null && !error && <p className="muted">Loading…</p>}
-      {letters !== null && letters.length === 0 && (
-        <p className="muted" data-testid="dead-letters-empty">
-          No dead letters.
-        </p>
-      )}
-      {letters !== null && letters.length > 0 && (
-        <ul className="letters">
-          {letters.map((d, i) =>
-            d.unavailable ? (
-              <li key={`u-${d.destination}-${i}`} className="letter" data-testid="dead-letter">
-                <span className="problem">
-                  {d.destination}: cannot read dead letters: {d.unavailable}
-                </span>
-              </li>
-            ) : (
-              <li key={d.id ?? i} className="letter" data-testid="dead-letter">
-                <div className="letter-head">
-                  <span className="mono">#{d.stream_seq}</span>
-                  <span className="mono letter-subject">{d.subject}</span>
-                  {d.table && <span className="tag">{d.table}</span>}
-                  <span className="muted letter-time">
-                    {d.failed_at ? new Date(d.failed_at).toLocaleString() : ""}
-                  </span>
-                </div>
-                <div className="letter-error" data-testid="dead-letter-error">
-                  {d.destination}: {d.error}
-                </div>
-                <details>
-                  <summary>
-                    payload ({formatCount(d.payload_bytes ?? 0)} bytes)
-                  </summary>
-                  <pre className="payload">{d.payload}</pre>
-                </details>
-              </li>
-            ),
-          )}
-        </ul>
-      )}
-    </section>
   );
 }
