@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from cdcsync.bridge import aio
+from cdcsync.config import redact_url
 from cdcsync.errors import FatalSinkError, RetryableSinkError
 from cdcsync.events import Op
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
@@ -264,7 +265,8 @@ class SqlDestination:
         try:
             await aio(self._aio_connect)
         except Exception as exc:
-            return [f"cannot connect: {self.dialect.describe(exc)}"]
+            where = redact_url(self.options.url)
+            return [f"cannot connect to {where}: {self.dialect.describe(exc)}"]
         try:
             return (await aio(self._aio_check_mapped))[1]
         finally:

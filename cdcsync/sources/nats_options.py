@@ -8,7 +8,7 @@ from typing import Any
 
 import strictyaml as sy
 
-from cdcsync.config import EnvBool, EnvEnum, EnvInt, EnvStr, described, redact_url
+from cdcsync.plugin import EnvBool, EnvEnum, EnvInt, EnvStr, described, redact_url
 
 __all__ = ["SCHEMA", "JetStreamOptions", "NatsOptions", "parse_options"]
 
