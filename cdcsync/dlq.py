@@ -56,6 +56,10 @@ def _before(text: str) -> dt.datetime:
 async def run(config: Config, args: argparse.Namespace) -> int:
     """Carry out one ``dlq`` action; prints a line per letter or per destination."""
     before = _before(args.before) if args.dlq_command == "purge" else None
+    wanted: list[int] | None = None
+    if args.dlq_command == "replay" and not args.all:
+        wanted = sorted(set(args.id))
+    found: set[int] = set()
     async with open_bridge():
         for sink, fmt, max_bytes in _sinks(config, args):
             where = f"{sink.flow}/{sink.name} ({redact_url(sink.options.url)})"
@@ -70,9 +74,12 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                             f"\t{_preview(dl.payload, args.payload)}"
                         )
                 elif args.dlq_command == "replay":
-                    result = await dead_letters.replay(
-                        sink, fmt, max_bytes, None if args.all else args.id
-                    )
+                    if wanted is not None:
+                        here = await dead_letters.list_letters(sink, len(wanted), wanted)
+                        if not here:
+                            continue  # not this destination's: say nothing of it
+                        found.update(dl.id for dl in here)
+                    result = await dead_letters.replay(sink, fmt, max_bytes, wanted)
                     print(
                         f"{where}: applied {result.applied}, "
                         f"still failing {result.still_failing} (kept, with the new reason)"
@@ -85,4 +92,11 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                 raise CdcSyncError(f"{where}: {exc}") from exc
             finally:
                 await sink.close()
+    missing = [i for i in wanted or () if i not in found]
+    if missing:
+        ids = ", ".join(map(str, missing))
+        raise CdcSyncError(
+            f"no dead letter with id {ids} in the selected destinations "
+            f"(`cdcsync dlq list` shows the ids; a replayed letter is gone)"
+        )
     return 0

@@ -201,9 +201,19 @@ class PostgresSink:
                 f"{_describe(exc, self.options.url)}"
             ]
         try:
-            return await aio(self._aio_check_mapped)
+            return await aio(self._aio_check_schema) or await aio(self._aio_check_mapped)
         finally:
             await self.close()
+
+    async def _aio_check_schema(self) -> list[str]:
+        assert self._conn is not None
+        schema = self.options.schema
+        if await self._conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            return []
+        return [
+            f"destination {self.name!r}: schema {schema!r} does not exist (fix: CREATE SCHEMA "
+            f"{sql.quote_ident(schema)}, or correct 'schema')"
+        ]
 
     # --- asyncio side --------------------------------------------------------------------
 
