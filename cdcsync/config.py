@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -187,7 +187,7 @@ class ApiConfig:
     cors_origins: tuple[str, ...] = ()
     keep_alive_s: int = 5
     max_connections: int = 100
-    line: int = 1  # of api.bind, for check's messages
+    line: int = field(default=1, compare=False)  # of api.bind, for check's messages
 
 
 @dataclass(frozen=True)
