@@ -28,9 +28,10 @@ from cdcsync.logs import ERROR_FIELDS
 from cdcsync.redact import scrub_fields
 from cdcsync.sinks import dead_letters
 
-__all__ = ["MAX_BODY", "create_app"]
+__all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "create_app"]
 
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT_S = 10
 log = structlog.get_logger("cdcsync")
 
 
@@ -74,10 +75,14 @@ def create_app(
         if length is not None and length > MAX_BODY:
             return too_large
         if request.method in ("POST", "PUT", "PATCH"):
-            try:
-                await request.get_data(cache=False)
-            except RequestEntityTooLarge:
-                return too_large
+            # A body trickling in would hold its connection (and a slot) for ever.
+            with trio.move_on_after(BODY_TIMEOUT_S):
+                try:
+                    await request.get_data(cache=False)
+                except RequestEntityTooLarge:
+                    return too_large
+                return None
+            return _error(408, f"request body not received within {BODY_TIMEOUT_S} s")
         return None
 
     @app.after_request

@@ -21,6 +21,8 @@ from cdcproc import REPO, CdcProcess
 from harness import Env
 from servers import free_port
 
+from cdcsync.api import app as api_app
+
 Answer = tuple[bytes, str]  # what arrived, and how it ended: "closed", "reset" or "open"
 
 
@@ -330,3 +332,30 @@ async def test_a_malformed_password_that_reaches_a_running_service_is_never_show
         assert not leaked, leaked
 
     await in_thread(env, body)
+
+
+async def test_a_trickling_request_body_is_cut_off(
+    env: Env, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A POST whose body arrives a byte a second held its connection for ever (no timeout
+    applies while a request is in progress); it gets 408 and a close after the body timeout."""
+    monkeypatch.setattr(api_app, "BODY_TIMEOUT_S", 1, raising=False)
+    await env.create_schema()
+    async with env.running(env.config(), nursery, wait_running=False) as running:
+        host, port = running.api.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                b"POST /api/stats/reset HTTP/1.1\r\nHost: cdcsync\r\nContent-Length: 100\r\n\r\n"
+            )
+            got, closed = b"", False
+            with trio.move_on_after(8):
+                while not closed:
+                    with trio.move_on_after(0.5):
+                        chunk = await stream.receive_some(65536)
+                        closed = not chunk
+                        got += chunk
+                    if not closed:
+                        await stream.send_all(b"x")
+    assert got.startswith(b"HTTP/1.1 408"), got[:200]
+    assert closed, "the connection stayed open after the 408"
