@@ -242,12 +242,19 @@ class Config:
         """Every secret of the configuration (passwords, tokens, URL secrets), to scrub from
         error texts wherever they appear. Options declare theirs with a ``secrets()`` method."""
         found = [self.api.token or ""]
+        shown = []  # what the API shows anyway, e.g. the user in postgres:***@
         for flow in self.flows:
             for options in (flow.source.options, *(d.options for d in flow.destinations)):
                 declared = getattr(options, "secrets", None)
                 if declared is not None:
                     found.extend(declared())
-        return tuple(sorted({s for s in found if s}))
+                redacted = getattr(options, "redacted", None)
+                if redacted is not None:
+                    shown.append(str(redacted()))
+        # A password equal to something shown (postgres:postgres@) is no secret worth
+        # turning every "postgres" of an error into ***.
+        visible = "\n".join(shown)
+        return tuple(sorted({s for s in found if s and s not in visible}))
 
 
 # The reference text of every key sits beside its validator (``described``): the generated

@@ -548,3 +548,15 @@ def test_issue_example_loads_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     (dest,) = flow.destinations
     assert dest.options.url == "postgresql://postgres@127.0.0.1:5432/test"
     assert dest.options.tables == {"users": "app_users"}
+
+
+def test_secrets_are_every_password_and_token_but_not_what_is_shown_anyway() -> None:
+    """Config.secrets() (scrubbed from error texts in the API and logs) holds the API token,
+    URL passwords and NATS credentials; a password equal to the URL's user name, which the
+    redacted URL shows anyway, is left out so errors keep their words."""
+    text = FULL.replace(
+        'servers: ["nats://nats-1:4222"]', 'servers: ["nats://cdc:n%40tspw@nats-1:4222"]'
+    ).replace("url: postgresql://audit@db:5432/audit", "url: postgresql://audit:Au%2Fdit9@db/a")
+    secrets = loads(text).secrets()
+    assert {"s3cret", "n%40tspw", "n@tspw", "Au%2Fdit9", "Au/dit9"} <= set(secrets)
+    assert "postgres" not in secrets  # postgresql://postgres:postgres@db: shown as postgres:***
