@@ -245,7 +245,8 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     if path is None:
         return 2
-    cfg = _load(path)
+    # With --log-format json every line is JSON, a broken configuration too.
+    cfg = _load(path, lambda line: log.error("invalid configuration", error=line))
     if cfg is None:
         return 1
     try:
@@ -327,13 +328,16 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
-def _load(path: str) -> config.Config | None:
-    """The configuration, or None after printing its ``file:line`` errors."""
+def _load(path: str, report: Callable[[str], None] | None = None) -> config.Config | None:
+    """The configuration, or None after reporting its ``file:line`` errors (on stderr)."""
     try:
         return config.load(path)
     except ConfigError as exc:
         for line in exc.errors:
-            print(line, file=sys.stderr)
+            if report is None:
+                print(line, file=sys.stderr)
+            else:
+                report(line)
         return None
 
 

@@ -4,6 +4,7 @@ tracebacks; a password never appears; the configuration is found where users loo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,17 +175,19 @@ def test_unreadable_configuration_files_are_one_message(
     tmp_path: Path, content: bytes, line: int, words: str
 ) -> None:
     """A binary or non-UTF-8 file, a control character and very deep nesting were tracebacks
-    (strictyaml's own error path raised AttributeError); now one `file:line:` line, exit 1,
-    from `check` and from `serve` alike."""
+    (strictyaml's own error path raised AttributeError); now one `file:line:` message, exit 1:
+    a line from `check`, one JSON log line from `serve --log-format json`."""
     path = tmp_path / "bad.yaml"
     path.write_bytes(content)
-    for command in (["check"], ["serve", "--log-format", "json"]):
-        result = cdcsync(*command, str(path), timeout=30)
-        assert result.returncode == 1, (command, result.stderr[-2000:])
-        assert "Traceback" not in result.stderr, (command, result.stderr[-2000:])
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}: "), lines
-        assert words in lines[0], lines
+    checked = cdcsync("check", str(path))
+    served = cdcsync("serve", str(path), "--log-format", "json", timeout=30)
+    for result in (checked, served):
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    [message] = checked.stderr.strip().splitlines()
+    [logged] = [json.loads(line) for line in served.stderr.strip().splitlines()]
+    assert logged["event"] == "invalid configuration" and logged["error"] == message
+    assert message.startswith(f"{path}:{line}: ") and words in message, message
 
 
 @pytest.mark.parametrize(
