@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import strictyaml as sy
 from strictyaml.ruamel.error import MarkedYAMLError, YAMLError
@@ -22,6 +22,7 @@ from strictyaml.ruamel.reader import Reader
 from cdcsync import registry
 from cdcsync.errors import ConfigError
 from cdcsync.redact import redact_url, scrub, url_secrets, userinfo_problem
+from cdcsync.validators import CheckedStr, EnvBool, EnvEnum, EnvInt, EnvStr, described
 
 __all__ = [
     "ApiConfig",
@@ -29,6 +30,8 @@ __all__ = [
     "CheckedStr",
     "Config",
     "DestinationConfig",
+    "EnvBool",
+    "EnvEnum",
     "EnvInt",
     "EnvStr",
     "FlowConfig",
@@ -44,127 +47,7 @@ __all__ = [
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
-
-
-def _interpolate(chunk: Any) -> str:
-    text: str = chunk.contents
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                chunk.expecting_but_found(
-                    "while resolving environment variables",
-                    f"${{{name}}} is not set (set it, or write ${{{name}:-default}})",
-                )
-            return default
-        return value
-
-    return _VAR.sub(sub, text)
-
-
-class EnvStr(sy.ScalarValidator):
-    """A string with ``${VAR}`` / ``${VAR:-default}`` resolved."""
-
-    def validate_scalar(self, chunk: Any) -> str:
-        return _interpolate(chunk)
-
-    def to_yaml(self, data: Any) -> str:
-        return str(data)
-
-
-class CheckedStr(EnvStr):
-    """An :class:`EnvStr` that ``check`` accepts: it returns None, or what is wrong with the
-    value and how to fix it (never the value itself when it may hold a secret).
-
-    The error names the value's own line, and ``check`` refuses what ``serve`` would.
-    """
-
-    def __init__(self, what: str, check: Callable[[str], str | None]) -> None:
-        self._what, self._check = what, check
-
-    def validate_scalar(self, chunk: Any) -> str:
-        value = super().validate_scalar(chunk)
-        problem = self._check(value)
-        if problem is not None:
-            chunk.expecting_but_found(f"when expecting {self._what}", problem)
-        return value
-
-
-class EnvInt(sy.ScalarValidator):
-    """An integer, possibly given as ``${VAR:-100}``, with optional bounds."""
-
-    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
-        self._min, self._max = minimum, maximum
-
-    def validate_scalar(self, chunk: Any) -> int:
-        text = _interpolate(chunk).strip().replace("_", "")
-        if not re.fullmatch(r"[-+]?\d+", text):
-            chunk.expecting_but_found("when expecting an integer", f"found {text!r}")
-        value = int(text)
-        if self._min is not None and value < self._min:
-            chunk.expecting_but_found(f"when expecting an integer >= {self._min}")
-        if self._max is not None and value > self._max:
-            chunk.expecting_but_found(f"when expecting an integer <= {self._max}")
-        return value
-
-    def to_yaml(self, data: Any) -> str:
-        return str(data)
-
-
-class EnvBool(sy.ScalarValidator):
-    def validate_scalar(self, chunk: Any) -> bool:
-        text = _interpolate(chunk).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        chunk.expecting_but_found("when expecting a boolean (true or false)", f"found {text!r}")
-        raise AssertionError  # unreachable: expecting_but_found raises
-
-    def to_yaml(self, data: Any) -> str:
-        return "true" if data else "false"
-
-
-def EnvEnum(*choices: str) -> sy.ScalarValidator:
-    class _Enum(sy.ScalarValidator):
-        choices: tuple[str, ...] = ()
-
-        def validate_scalar(self, chunk: Any) -> str:
-            text = _interpolate(chunk).strip()
-            if text not in choices:
-                chunk.expecting_but_found(
-                    f"when expecting one of: {', '.join(choices)}", f"found {text!r}"
-                )
-            return text
-
-        def to_yaml(self, data: Any) -> str:
-            return str(data)
-
-    enum = _Enum()
-    enum.choices = choices
-    return enum
-
-
-_V = TypeVar("_V", bound=sy.Validator)
-
-
-def described(validator: _V, doc: str, example: str | None = None, kind: str | None = None) -> _V:
-    """Attach the reference text to a schema validator, next to the key it validates.
-
-    ``python -m cdcsync.reference`` builds docs/reference/configuration.md from these, so
-    the reference cannot drift from what the schema accepts. ``example`` is a YAML value
-    (the default is shown when absent); ``kind`` overrides the type derived from the validator.
-    """
-    validator.doc = doc  # type: ignore[attr-defined]
-    validator.example = example  # type: ignore[attr-defined]
-    validator.kind = kind  # type: ignore[attr-defined]
-    return validator
 
 
 def _bind_problem(bind: str) -> str | None:
@@ -529,12 +412,37 @@ def loads(text: str, path: str = "<config>") -> Config:
             if flow.name in seen:
                 errors.append(_err(path, node.start_line, f"duplicate flow name {flow.name!r}"))
             seen.add(flow.name)
+            shared = _shared_durable(flow, flows)
+            if shared is not None:
+                errors.append(_err(path, flow.source.line, shared))
             flows.append(flow)
     if not flows and not errors:
         errors.append(_err(path, 1, "no flows configured (add a 'flows' list)"))
     if errors:
         raise ConfigError(errors)
     return Config(path, api, tuple(flows))
+
+
+def _shared_durable(flow: FlowConfig, earlier: list[FlowConfig]) -> str | None:
+    """Two flows on one durable consumer take it from each other at start (cdcsync deletes
+    and recreates it): one of them silently receives nothing. Refuse that."""
+    js = getattr(flow.source.options, "jetstream", None)
+    if js is None:
+        return None
+    servers = set(flow.source.options.servers)
+    for other in earlier:
+        theirs = getattr(other.source.options, "jetstream", None)
+        if (
+            theirs is not None
+            and (theirs.stream, theirs.durable) == (js.stream, js.durable)
+            and servers & set(other.source.options.servers)
+        ):
+            return (
+                f"flow {flow.name!r} uses the durable consumer {js.durable!r} of stream "
+                f"{js.stream!r}, as flow {other.name!r} does (line {other.source.line}): give "
+                f"each flow its own durable (cdcsync deletes and recreates it at start)"
+            )
+    return None
 
 
 def _flow(path: str, node: Any) -> FlowConfig:

@@ -113,6 +113,24 @@ def test_check_refuses_what_serve_would_refuse(
     assert words in errors[0], errors[0]
 
 
+def test_check_refuses_two_flows_on_one_durable_consumer(tmp_path: Path) -> None:
+    """Two flows naming the same stream and durable took the consumer from each other at
+    start: both showed `running` and one never received an event (measured: 0 of 3). `check`
+    refuses the second flow's source, naming the first."""
+    first = config_text()
+    second = config_text(subject='"cdc.orders.>"').split("flows:\n", 1)[1]
+    path = tmp_path / "shared.yaml"
+    path.write_text(first + second.replace("name: users", "name: orders", 1))
+    result = cdcsync("check", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [e for e in result.stderr.splitlines() if "warning:" not in e]
+    assert errors == [
+        f"{path}:19: flow 'orders' uses the durable consumer 'cdcsync-users' of stream 'CDC', "
+        f"as flow 'users' does (line 5): give each flow its own durable (cdcsync deletes and "
+        f"recreates it at start)"
+    ]
+
+
 def test_serve_refuses_an_api_port_out_of_range_without_a_traceback(tmp_path: Path) -> None:
     """`serve` with api.bind port 99999 stopped with a traceback (OverflowError); now it
     refuses the file like `check` does."""
