@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import nkeys
 import strictyaml as sy
 
 from cdcsync.config import (
@@ -51,6 +52,15 @@ def _name_problem(name: str) -> str | None:
         return f"{name!r}: no spaces, control characters, '.', '*', '>', '/' or '\\'"
     if len(name.encode()) > 255:
         return f"a name of {len(name.encode())} bytes (at most 255)"
+    return None
+
+
+def _seed_problem(seed: str) -> str | None:
+    """Whether nats-py could sign in with this nkey seed (never shown: it is a secret)."""
+    try:
+        nkeys.from_seed(seed.strip().encode())
+    except (nkeys.ErrInvalidSeed, ValueError, UnicodeError, IndexError):
+        return "no valid nkey seed (a user seed starts with SU; `nk -gen user` makes one)"
     return None
 
 
@@ -270,7 +280,9 @@ SCHEMA = {
         example="/etc/cdcsync/cdcsync.creds",
     ),
     sy.Optional("nkey_seed"): described(
-        EnvStr(), "An nkey seed (`SU...`) to sign in with; redacted.", example="${NATS_NKEY_SEED}"
+        CheckedStr("an nkey seed", _seed_problem),
+        "An nkey seed (`SU...`) to sign in with; redacted.",
+        example="${NATS_NKEY_SEED}",
     ),
     sy.Optional("tls"): _TLS,
     sy.Optional("buffer", default=20_000): described(

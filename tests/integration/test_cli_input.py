@@ -131,6 +131,21 @@ def test_check_refuses_two_flows_on_one_durable_consumer(tmp_path: Path) -> None
     ]
 
 
+def test_check_refuses_a_malformed_nkey_seed_unseen(tmp_path: Path) -> None:
+    """A malformed `nkey_seed` made every connection fail (the flow restarted forever) while
+    `check` said ok; now `check` refuses it at its line, without showing it."""
+    path = tmp_path / "seed.yaml"
+    path.write_text(
+        config_text().replace(
+            "      jetstream:\n", "      nkey_seed: SUSEKRETNOTASEED\n      jetstream:\n"
+        )
+    )
+    result = cdcsync("check", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{path}:9: when expecting an nkey seed: no valid nkey seed")
+    assert "SEKRET" not in result.stdout + result.stderr
+
+
 def test_serve_refuses_an_api_port_out_of_range_without_a_traceback(tmp_path: Path) -> None:
     """`serve` with api.bind port 99999 stopped with a traceback (OverflowError); now it
     refuses the file like `check` does."""
