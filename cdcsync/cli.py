@@ -66,17 +66,27 @@ def _rate(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = _count(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is 0 to 65535")
+    return value
+
+
 def _config_arguments(parser: argparse.ArgumentParser, positional: bool) -> None:
     """``-c/--config PATH`` (and the positional PATH) with the lookup the help text describes."""
-    where = f"-c, ${CONFIG_ENV}, else {' or '.join(DEFAULT_CONFIGS)}"
+    where = f"${CONFIG_ENV}, else {' or '.join(DEFAULT_CONFIGS)}"
     if positional:
-        parser.add_argument("config", nargs="?", help=f"the YAML configuration (default: {where})")
+        parser.add_argument(
+            "config", nargs="?", help=f"the YAML configuration (default: -c, {where})"
+        )
+    same = "same as the positional PATH; " if positional else ""
     parser.add_argument(
         "-c",
         "--config",
         dest="config_option",
         metavar="PATH",
-        help=f"the YAML configuration (same as the positional PATH; default: {where})",
+        help=f"the YAML configuration ({same}default: {where})",
     )
 
 
@@ -192,12 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a working system in one command: embedded NATS and PostgreSQL, 3 flows, "
         "live demo events, the dashboard",
     )
-    demo.add_argument("--rate", type=float, default=50.0, help="events per second (default 50)")
-    demo.add_argument("--events", type=int, default=0, help="stop publishing after N events")
+    demo.add_argument("--rate", type=_rate, default=50.0, help="events per second (default 50)")
+    demo.add_argument(
+        "--events", type=_count(0), default=0, help="stop publishing after N events (0: never)"
+    )
     demo.add_argument(
         "--keep-data", metavar="DIR", help="keep the servers' data in DIR (reused next time)"
     )
-    demo.add_argument("--port", type=int, help="API/dashboard port (default: 8080 or next free)")
+    demo.add_argument("--port", type=_port, help="API/dashboard port (default: 8080 or next free)")
     demo.add_argument(
         "--prefix", default="demo", help="names of schema, subjects, streams (default: demo)"
     )

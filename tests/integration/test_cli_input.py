@@ -234,6 +234,8 @@ def test_unreadable_configuration_files_are_one_message(
         (["publish", "x.y", "hi", "--rate", "-1"], "use 0 (as fast as possible) or more"),
         (["publish", "x.y", "hi", "--rate", "nan"], "use 0 (as fast as possible) or more"),
         (["tail", "x.y", "--count", "-1"], "argument --count: -1 is less than 0"),
+        (["demo", "--port", "99999"], "argument --port: 99999: a port is 0 to 65535"),
+        (["demo", "--events", "-1"], "argument --events: -1 is less than 0"),
     ],
 )
 def test_out_of_range_arguments_are_usage_errors(
