@@ -13,10 +13,11 @@ import signal
 from functools import partial
 
 import hypercorn.config
-import hypercorn.trio
 import structlog
 import trio
 
+from cdcsync import logs
+from cdcsync.api import server
 from cdcsync.api.app import create_app
 from cdcsync.bridge import open_bridge
 from cdcsync.config import Config
@@ -40,8 +41,21 @@ async def _serve_api(
     # Hypercorn's own "Running on" banner is replaced by our structured "api listening".
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.graceful_timeout = 2
-    app = create_app(flows, token=config.api.token, cors_origins=config.api.cors_origins)
-    await hypercorn.trio.serve(app, hconfig, shutdown_trigger=stop.wait, task_status=task_status)
+    # Idle connections (before a request and between keep-alive requests) close after this.
+    hconfig.keep_alive_timeout = config.api.keep_alive_s
+    app = create_app(
+        flows,
+        token=config.api.token,
+        cors_origins=config.api.cors_origins,
+        secrets=config.secrets(),
+    )
+    await server.serve(
+        app,
+        hconfig,
+        max_connections=config.api.max_connections,
+        shutdown_trigger=stop.wait,
+        task_status=task_status,
+    )
 
 
 def _tune_gc() -> None:
@@ -94,6 +108,7 @@ async def _run(
     drain_timeout_s: float,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
+    logs.hide(config.secrets())
     api_stop = trio.Event()
     stop = trio.Event()
     hard_stop = trio.Event()

@@ -27,7 +27,8 @@ def warnings(config: Config) -> list[str]:
     if config.api.enabled and config.api.host not in ("127.0.0.1", "localhost", "::1"):
         if not config.api.token:
             out.append(
-                f"{config.path}:1: warning: the API listens on {config.api.host} without a token"
+                f"{config.path}:{config.api.line}: warning: the API listens on "
+                f"{config.api.host} without a token"
             )
     return out
 
@@ -98,9 +99,37 @@ def _explain(text: str, fixes: list[tuple[str, str, str]]) -> str:
     return text
 
 
+async def _api_problems(config: Config) -> list[str]:
+    """Whether ``api.bind``'s host resolves to an address of this machine.
+
+    The port itself is not tried: a running cdcsync holding it is no problem of the file.
+    """
+    api = config.api
+    if not api.enabled:
+        return []
+    try:
+        infos = await trio.socket.getaddrinfo(api.host, 0, type=trio.socket.SOCK_STREAM)
+    except OSError as exc:
+        return [
+            f"api.bind host {api.host!r} does not resolve ({exc.strerror or exc}) "
+            f"(fix: an address of this machine, 127.0.0.1, or 0.0.0.0 for every interface)"
+        ]
+    family, kind, proto, _, address = infos[0]
+    with trio.socket.socket(family, kind, proto) as sock:
+        try:
+            await sock.bind((address[0], 0, *address[2:]))
+        except OSError as exc:
+            return [
+                f"api.bind host {api.host!r}: cannot listen there ({exc.strerror or exc}): "
+                f"not an address of this machine (fix: one of its addresses, 127.0.0.1, or "
+                f"0.0.0.0 for every interface)"
+            ]
+    return []
+
+
 async def connect_problems(config: Config) -> list[str]:
     """Connect to every server and check every mapped table; returns problems with their line."""
-    problems: list[str] = []
+    problems = [f"{config.path}:{config.api.line}: {p}" for p in await _api_problems(config)]
     async with open_bridge():
         for flow in config.flows:
             spec = registry.sources()[flow.source.type]

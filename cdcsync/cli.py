@@ -35,6 +35,99 @@ flows:
 {dest}"""
 
 
+# Where a command looks for its configuration when none is named (the original design's
+# `cdc-cli start` read config/default.yaml); ./cdcsync.yaml is what `dlq` always read.
+DEFAULT_CONFIGS = ("config/default.yaml", "cdcsync.yaml")
+CONFIG_ENV = "CDCSYNC_CONFIG"
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (a usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: use 0 (as fast as possible) or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is 0 to 65535")
+    return value
+
+
+def _config_arguments(parser: argparse.ArgumentParser, positional: bool) -> None:
+    """``-c/--config PATH`` (and the positional PATH) with the lookup the help text describes."""
+    where = f"${CONFIG_ENV}, else {' or '.join(DEFAULT_CONFIGS)}"
+    if positional:
+        parser.add_argument(
+            "config", nargs="?", help=f"the YAML configuration (default: -c, {where})"
+        )
+    same = "same as the positional PATH; " if positional else ""
+    parser.add_argument(
+        "-c",
+        "--config",
+        dest="config_option",
+        metavar="PATH",
+        help=f"the YAML configuration ({same}default: {where})",
+    )
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The configuration to read: PATH or -c, else $CDCSYNC_CONFIG, else a default file.
+
+    None (after saying which paths were tried and how to make one) when there is none.
+    """
+    given = [p for p in (getattr(args, "config", None), args.config_option) if p]
+    if len(set(given)) > 1:
+        print(
+            f"cdcsync {args.command}: two configurations given ({given[0]} and -c {given[1]}); "
+            f"give one",
+            file=sys.stderr,
+        )
+        return None
+    if given:
+        return given[0]
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        if not Path(from_env).exists():
+            print(
+                f"cdcsync {args.command}: ${CONFIG_ENV} names {from_env}, which does not exist "
+                f"(correct or unset the variable, or name the file with -c PATH)",
+                file=sys.stderr,
+            )
+            return None
+        return from_env
+    for candidate in DEFAULT_CONFIGS:
+        if Path(candidate).is_file():
+            return candidate
+    tried = ", ".join(str(Path.cwd() / c) for c in DEFAULT_CONFIGS)
+    print(
+        f"cdcsync {args.command}: no configuration: no PATH or -c PATH given, ${CONFIG_ENV} "
+        f"is not set, and none of these exists: {tried} (create one with "
+        f"`cdcsync generate-config {DEFAULT_CONFIGS[0]}`, or name it with -c PATH)",
+        file=sys.stderr,
+    )
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cdcsync", description="Sync change events from NATS / JetStream into PostgreSQL."
@@ -43,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", aliases=["start"], help="run every flow of a config file")
-    serve.add_argument("config", help="path to the YAML configuration")
+    _config_arguments(serve, positional=True)
     serve.add_argument(
         "--log-format",
         choices=["auto", "json", "console"],
@@ -55,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", aliases=["validate"], help="validate a config file (exit 0 when fine)"
     )
-    check.add_argument("config", help="path to the YAML configuration")
+    _config_arguments(check, positional=True)
     check.add_argument(
         "--connect", action="store_true", help="also connect to every server and check tables"
     )
@@ -68,20 +161,19 @@ def _parser() -> argparse.ArgumentParser:
         ("purge", "delete dead letters that failed before a date"),
     ):
         action = dlq_sub.add_parser(name, help=text)
-        action.add_argument(
-            "-c",
-            "--config",
-            default=os.environ.get("CDCSYNC_CONFIG", "cdcsync.yaml"),
-            help="configuration file (default: $CDCSYNC_CONFIG or ./cdcsync.yaml)",
-        )
+        _config_arguments(action, positional=False)
         action.add_argument("--flow", help="only this flow")
         action.add_argument("--destination", help="only this destination")
         if name == "list":
-            action.add_argument("--limit", type=int, default=20, help="rows per destination")
+            action.add_argument(
+                "--limit", type=_count(1), default=20, help="rows per destination (1 or more)"
+            )
             action.add_argument("--payload", action="store_true", help="print whole payloads")
         if name == "replay":
             which = action.add_mutually_exclusive_group(required=True)
-            which.add_argument("--id", type=int, action="append", help="a dead letter id")
+            which.add_argument(
+                "--id", type=_count(1), action="append", help="a dead letter id (repeatable)"
+            )
             which.add_argument("--all", action="store_true", help="every dead letter")
         if name == "purge":
             action.add_argument(
@@ -93,14 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "message", nargs="?", help="the body; '-' or absent: one message per stdin line"
     )
-    pub.add_argument("--count", type=int, default=1, help="send the message N times ({n} = 1..N)")
-    pub.add_argument("--rate", type=float, default=0.0, help="messages per second (default: fast)")
+    pub.add_argument(
+        "--count", type=_count(1), default=1, help="send the message N times ({n} = 1..N)"
+    )
+    pub.add_argument("--rate", type=_rate, default=0.0, help="messages per second (default: fast)")
     pub.add_argument("--core", action="store_true", help="plain NATS even if a stream stores it")
     pub.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
 
     tail = sub.add_parser("tail", help="print messages arriving on a NATS subject")
     tail.add_argument("subject")
-    tail.add_argument("--count", type=int, default=0, help="stop after N messages")
+    tail.add_argument("--count", type=_count(0), default=0, help="stop after N messages (0: never)")
     tail.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
 
     demo = sub.add_parser(
@@ -108,12 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a working system in one command: embedded NATS and PostgreSQL, 3 flows, "
         "live demo events, the dashboard",
     )
-    demo.add_argument("--rate", type=float, default=50.0, help="events per second (default 50)")
-    demo.add_argument("--events", type=int, default=0, help="stop publishing after N events")
+    demo.add_argument("--rate", type=_rate, default=50.0, help="events per second (default 50)")
+    demo.add_argument(
+        "--events", type=_count(0), default=0, help="stop publishing after N events (0: never)"
+    )
     demo.add_argument(
         "--keep-data", metavar="DIR", help="keep the servers' data in DIR (reused next time)"
     )
-    demo.add_argument("--port", type=int, help="API/dashboard port (default: 8080 or next free)")
+    demo.add_argument("--port", type=_port, help="API/dashboard port (default: 8080 or next free)")
     demo.add_argument(
         "--prefix", default="demo", help="names of schema, subjects, streams (default: demo)"
     )
@@ -132,7 +228,10 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     from cdcsync import checks
 
-    cfg = _load(args.config)
+    path = _config_path(args)
+    if path is None:
+        return 2
+    cfg = _load(path)
     if cfg is None:
         return 1
     for w in checks.warnings(cfg):
@@ -155,7 +254,11 @@ def _serve(args: argparse.Namespace) -> int:
     import structlog
 
     log = structlog.get_logger("cdcsync")
-    cfg = _load(args.config)
+    path = _config_path(args)
+    if path is None:
+        return 2
+    # With --log-format json every line is JSON, a broken configuration too.
+    cfg = _load(path, lambda line: log.error("invalid configuration", error=line))
     if cfg is None:
         return 1
     try:
@@ -237,13 +340,16 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
-def _load(path: str) -> config.Config | None:
-    """The configuration, or None after printing its ``file:line`` errors."""
+def _load(path: str, report: Callable[[str], None] | None = None) -> config.Config | None:
+    """The configuration, or None after reporting its ``file:line`` errors (on stderr)."""
     try:
         return config.load(path)
     except ConfigError as exc:
         for line in exc.errors:
-            print(line, file=sys.stderr)
+            if report is None:
+                print(line, file=sys.stderr)
+            else:
+                report(line)
         return None
 
 
@@ -276,7 +382,10 @@ def _tools(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     from cdcsync import dlq
 
-    cfg = _load(args.config)
+    path = _config_path(args)
+    if path is None:
+        return 2
+    cfg = _load(path)
     if cfg is None:
         return 1
     return _reporting("dlq", lambda: trio.run(dlq.run, cfg, args))

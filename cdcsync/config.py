@@ -11,21 +11,27 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import strictyaml as sy
-from strictyaml.ruamel.error import MarkedYAMLError
+from strictyaml.ruamel.error import MarkedYAMLError, YAMLError
+from strictyaml.ruamel.reader import Reader
 
 from cdcsync import registry
 from cdcsync.errors import ConfigError
+from cdcsync.redact import redact_url, scrub, url_secrets, userinfo_problem
+from cdcsync.validators import CheckedStr, EnvBool, EnvEnum, EnvInt, EnvStr, described
 
 __all__ = [
     "ApiConfig",
     "BatchPolicy",
+    "CheckedStr",
     "Config",
     "DestinationConfig",
+    "EnvBool",
+    "EnvEnum",
     "EnvInt",
     "EnvStr",
     "FlowConfig",
@@ -36,111 +42,23 @@ __all__ = [
     "redact_url",
     "scrub",
     "url_secrets",
+    "userinfo_problem",
 ]
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 
 
-def _interpolate(chunk: Any) -> str:
-    text: str = chunk.contents
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                chunk.expecting_but_found(
-                    "while resolving environment variables",
-                    f"${{{name}}} is not set (set it, or write ${{{name}:-default}})",
-                )
-            return default
-        return value
-
-    return _VAR.sub(sub, text)
-
-
-class EnvStr(sy.ScalarValidator):
-    """A string with ``${VAR}`` / ``${VAR:-default}`` resolved."""
-
-    def validate_scalar(self, chunk: Any) -> str:
-        return _interpolate(chunk)
-
-    def to_yaml(self, data: Any) -> str:
-        return str(data)
-
-
-class EnvInt(sy.ScalarValidator):
-    """An integer, possibly given as ``${VAR:-100}``, with optional bounds."""
-
-    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
-        self._min, self._max = minimum, maximum
-
-    def validate_scalar(self, chunk: Any) -> int:
-        text = _interpolate(chunk).strip().replace("_", "")
-        if not re.fullmatch(r"[-+]?\d+", text):
-            chunk.expecting_but_found("when expecting an integer", f"found {text!r}")
-        value = int(text)
-        if self._min is not None and value < self._min:
-            chunk.expecting_but_found(f"when expecting an integer >= {self._min}")
-        if self._max is not None and value > self._max:
-            chunk.expecting_but_found(f"when expecting an integer <= {self._max}")
-        return value
-
-    def to_yaml(self, data: Any) -> str:
-        return str(data)
-
-
-class EnvBool(sy.ScalarValidator):
-    def validate_scalar(self, chunk: Any) -> bool:
-        text = _interpolate(chunk).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        chunk.expecting_but_found("when expecting a boolean (true or false)", f"found {text!r}")
-        raise AssertionError  # unreachable: expecting_but_found raises
-
-    def to_yaml(self, data: Any) -> str:
-        return "true" if data else "false"
-
-
-def EnvEnum(*choices: str) -> sy.ScalarValidator:
-    class _Enum(sy.ScalarValidator):
-        choices: tuple[str, ...] = ()
-
-        def validate_scalar(self, chunk: Any) -> str:
-            text = _interpolate(chunk).strip()
-            if text not in choices:
-                chunk.expecting_but_found(
-                    f"when expecting one of: {', '.join(choices)}", f"found {text!r}"
-                )
-            return text
-
-        def to_yaml(self, data: Any) -> str:
-            return str(data)
-
-    enum = _Enum()
-    enum.choices = choices
-    return enum
-
-
-_V = TypeVar("_V", bound=sy.Validator)
-
-
-def described(validator: _V, doc: str, example: str | None = None, kind: str | None = None) -> _V:
-    """Attach the reference text to a schema validator, next to the key it validates.
-
-    ``python -m cdcsync.reference`` builds docs/reference/configuration.md from these, so
-    the reference cannot drift from what the schema accepts. ``example`` is a YAML value
-    (the default is shown when absent); ``kind`` overrides the type derived from the validator.
-    """
-    validator.doc = doc  # type: ignore[attr-defined]
-    validator.example = example  # type: ignore[attr-defined]
-    validator.kind = kind  # type: ignore[attr-defined]
-    return validator
+def _bind_problem(bind: str) -> str | None:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        return f"{bind!r} (write it as HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)"
+    if int(port) > 65535:
+        return f"port {port} (a port is 0 to 65535; 0 picks a free one)"
+    if any(ch.isspace() or not ch.isprintable() for ch in host):
+        return f"host {host!r} (no spaces or control characters)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -150,6 +68,9 @@ class ApiConfig:
     token: str | None = None
     enabled: bool = True
     cors_origins: tuple[str, ...] = ()
+    keep_alive_s: int = 5
+    max_connections: int = 100
+    line: int = field(default=1, compare=False)  # of api.bind, for check's messages
 
 
 @dataclass(frozen=True)
@@ -200,6 +121,24 @@ class Config:
                 return flow
         raise KeyError(name)
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret of the configuration (passwords, tokens, URL secrets), to scrub from
+        error texts wherever they appear. Options declare theirs with a ``secrets()`` method."""
+        found = [self.api.token or ""]
+        shown = []  # what the API shows anyway, e.g. the user in postgres:***@
+        for flow in self.flows:
+            for options in (flow.source.options, *(d.options for d in flow.destinations)):
+                declared = getattr(options, "secrets", None)
+                if declared is not None:
+                    found.extend(declared())
+                redacted = getattr(options, "redacted", None)
+                if redacted is not None:
+                    shown.append(str(redacted()))
+        # A password equal to something shown (postgres:postgres@) is no secret worth
+        # turning every "postgres" of an error into ***.
+        visible = "\n".join(shown)
+        return tuple(sorted({s for s in found if s and s not in visible}))
+
 
 # The reference text of every key sits beside its validator (``described``): the generated
 # docs/reference/configuration.md, ``check`` and the loader all read this one schema.
@@ -227,7 +166,7 @@ _API = described(
     sy.Map(
         {
             sy.Optional("bind", default="127.0.0.1:8080"): described(
-                EnvStr(),
+                CheckedStr("HOST:PORT", _bind_problem),
                 "`HOST:PORT` the API listens on; port 0 picks a free port. Listening beyond "
                 "loopback without a `token` is legal, and `cdcsync check` warns about it.",
                 example="0.0.0.0:8080",
@@ -248,6 +187,19 @@ _API = described(
                 "Browser origins allowed to call the API (`*` for any). Without it no CORS "
                 "headers are sent.",
                 example='["https://ops.example.com"]',
+            ),
+            sy.Optional("keep_alive_s", default=5): described(
+                EnvInt(1, 3600),
+                "Seconds an idle HTTP connection stays open (keep-alive) before the server "
+                "closes it; also how long a new connection may take to send its request.",
+                example="15",
+            ),
+            sy.Optional("max_connections", default=100): described(
+                EnvInt(1, 100_000),
+                "Most HTTP connections open at once (each dashboard tab holds one for its "
+                "live stream). Beyond it new connections wait in the listen queue until one "
+                "closes.",
+                example="500",
             ),
         }
     ),
@@ -385,36 +337,59 @@ def _component(
     return name, type_name, options, line
 
 
-def _parse_bind(path: str, line: int, bind: str) -> tuple[str, int]:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(_err(path, line, f"api.bind {bind!r}: expected HOST:PORT"))
+def _parse_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _unprintable(path: str, text: str) -> str | None:
+    """The first character YAML forbids, as an error (strictyaml's own report of it crashes)."""
+    m = Reader.NON_PRINTABLE.search(text)
+    if m is None:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    column = m.start() - text.rfind("\n", 0, m.start())
+    return _err(
+        path,
+        line,
+        f"column {column}: control character U+{ord(m.group()):04X}, which YAML does not allow "
+        f"(remove it; inside double quotes write it as an escape such as \\x01)",
+    )
 
 
 def loads(text: str, path: str = "<config>") -> Config:
     """Parse and validate a configuration document."""
+    unprintable = _unprintable(path, text)
+    if unprintable is not None:
+        raise ConfigError(unprintable)
     try:
         doc = sy.dirty_load(text, _SCHEMA, label=path, allow_flow_style=True)
-    except sy.YAMLValidationError as exc:
+    except (sy.YAMLValidationError, MarkedYAMLError) as exc:
         raise ConfigError(_yaml_error(path, exc)) from None
-    except MarkedYAMLError as exc:
-        raise ConfigError(_yaml_error(path, exc)) from None
-    except sy.exceptions.YAMLError as exc:  # pragma: no cover - strictyaml's unmarked errors
-        raise ConfigError(_err(path, 1, str(exc))) from None
+    except YAMLError as exc:  # strictyaml's unmarked errors
+        raise ConfigError(_err(path, 1, str(exc).replace("\n", " "))) from None
+    except RecursionError:
+        raise ConfigError(
+            _err(path, 1, "nested too deeply to read (a configuration needs a few levels)")
+        ) from None
 
     errors: list[str] = []
     api = ApiConfig()
     if "api" in doc.data:
         node = doc["api"]
-        bind_line = node["bind"].start_line if "bind" in node.data else node.start_line
-        host, port = _parse_bind(path, bind_line, node.data["bind"])
+        host, port = _parse_bind(node.data["bind"])
+        # In flow style strictyaml's start_line is one past the end line.
+        bind = node["bind"] if "bind" in node.data else node
+        bind_line = min(bind.start_line, bind.end_line)
         api = ApiConfig(
             host,
             port,
             node.data.get("token") or None,
             node.data["enabled"],
             tuple(node.data.get("cors_origins") or ()),
+            node.data["keep_alive_s"],
+            node.data["max_connections"],
+            bind_line,
         )
 
     flows: list[FlowConfig] = []
@@ -437,12 +412,37 @@ def loads(text: str, path: str = "<config>") -> Config:
             if flow.name in seen:
                 errors.append(_err(path, node.start_line, f"duplicate flow name {flow.name!r}"))
             seen.add(flow.name)
+            shared = _shared_durable(flow, flows)
+            if shared is not None:
+                errors.append(_err(path, flow.source.line, shared))
             flows.append(flow)
     if not flows and not errors:
         errors.append(_err(path, 1, "no flows configured (add a 'flows' list)"))
     if errors:
         raise ConfigError(errors)
     return Config(path, api, tuple(flows))
+
+
+def _shared_durable(flow: FlowConfig, earlier: list[FlowConfig]) -> str | None:
+    """Two flows on one durable consumer take it from each other at start (cdcsync deletes
+    and recreates it): one of them silently receives nothing. Refuse that."""
+    js = getattr(flow.source.options, "jetstream", None)
+    if js is None:
+        return None
+    servers = set(flow.source.options.servers)
+    for other in earlier:
+        theirs = getattr(other.source.options, "jetstream", None)
+        if (
+            theirs is not None
+            and (theirs.stream, theirs.durable) == (js.stream, js.durable)
+            and servers & set(other.source.options.servers)
+        ):
+            return (
+                f"flow {flow.name!r} uses the durable consumer {js.durable!r} of stream "
+                f"{js.stream!r}, as flow {other.name!r} does (line {other.source.line}): give "
+                f"each flow its own durable (cdcsync deletes and recreates it at start)"
+            )
+    return None
 
 
 def _flow(path: str, node: Any) -> FlowConfig:
@@ -503,68 +503,22 @@ def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{p}:0: cannot read: {exc.strerror}") from None
-    return loads(text, str(p))
-
-
-_SECRET_PARAMS = re.compile(
-    r"(?i)((?:^|[?&;])[a-z_]*(?:password|passwd|pass|token|secret|pwd)[a-z_]*=)[^&;#]*"
-)
-
-
-def _split_userinfo(url: str) -> tuple[str, str, str] | None:
-    """(prefix up to ``://``, userinfo, rest) found by hand: passwords may hold ``/#?@``."""
-    scheme_end = url.find("://")
-    if scheme_end < 0:
-        return None
-    start = scheme_end + 3
-    query = url.find("?", start)
-    at = url.rfind("@", start, query if query >= 0 else len(url))
-    if at < 0:
-        return None
-    return url[:start], url[start:at], url[at:]
-
-
-def redact_url(url: str) -> str:
-    """Hide secrets in a URL: ``user:***@host``, ``***@host`` (a NATS token), ``password=***``."""
-    parts = _split_userinfo(url)
-    if parts is not None:
-        prefix, userinfo, rest = parts
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        elif prefix.lower().startswith(("nats", "tls", "ws")):
-            userinfo = "***"  # nats://TOKEN@host: the user part is the token
-        url = prefix + userinfo + rest
-    head, sep, query = url.partition("?")
-    if sep:
-        url = head + sep + _SECRET_PARAMS.sub(r"\1***", query)
-    return url
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secret strings inside a URL (password, token, secret query values)."""
-    found: list[str] = []
-    parts = _split_userinfo(url)
-    if parts is not None:
-        userinfo = parts[1]
-        if ":" in userinfo:
-            found.append(userinfo.split(":", 1)[1])
-        elif parts[0].lower().startswith(("nats", "tls", "ws")):
-            found.append(userinfo)
-    _, _, query = url.partition("?")
-    for m in _SECRET_PARAMS.finditer(query):
-        value = query[m.end() :].split("&", 1)[0].split(";", 1)[0].split("#", 1)[0]
-        found.append(value)
-    return [f for f in found if f]
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """Remove secrets, and any long fragment of them, from an error message."""
-    for secret in secrets:
-        pieces = {secret, *re.split(r"[/#?@:%&;]", secret)}
-        for piece in sorted(pieces, key=len, reverse=True):
-            if len(piece) >= 4:
-                text = text.replace(piece, "***")
-    return text
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{p}:0: larger than {MAX_FILE_BYTES >> 20} MiB: not a configuration")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            _err(
+                str(p),
+                line,
+                f"not UTF-8 text (byte 0x{data[exc.start]:02x}): is it the right file? "
+                f"Save the configuration as UTF-8",
+            )
+        ) from None
+    return loads(text.removeprefix("\ufeff"), str(p))

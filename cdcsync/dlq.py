@@ -55,6 +55,10 @@ def _before(text: str) -> dt.datetime:
 async def run(config: Config, args: argparse.Namespace) -> int:
     """Carry out one ``dlq`` action; prints a line per letter or per destination."""
     before = _before(args.before) if args.dlq_command == "purge" else None
+    wanted: list[int] | None = None
+    if args.dlq_command == "replay" and not args.all:
+        wanted = sorted(set(args.id))
+    found: set[int] = set()
     async with open_bridge():
         for sink, fmt, max_bytes in _sinks(config, args):
             url = getattr(getattr(sink, "options", None), "url", None)
@@ -70,15 +74,17 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                             f"\t{_preview(dl.payload, args.payload)}"
                         )
                 elif args.dlq_command == "replay":
+                    if wanted is not None:
+                        here = await sink.dead_letters(limit=len(wanted), ids=wanted)
+                        if not here:
+                            continue  # not this destination's: say nothing of it
+                        found.update(dl.id for dl in here)
                     decode = partial(decode_batch, fmt=fmt, max_bytes=max_bytes)
-                    result = await sink.replay(decode, ids=None if args.all else args.id)
+                    result = await sink.replay(decode, ids=wanted)
                     print(
                         f"{where}: applied {result.applied}, "
                         f"still failing {result.still_failing} (kept, with the new reason)"
                     )
-                    if result.missing:
-                        shown = ", ".join(str(i) for i in result.missing)
-                        print(f"{where}: no dead letter with id {shown}")
                 else:
                     assert before is not None
                     count = await sink.purge(before)
@@ -87,4 +93,11 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                 raise CdcSyncError(f"{where}: {exc}") from exc
             finally:
                 await sink.close()
+    missing = [i for i in wanted or () if i not in found]
+    if missing:
+        ids = ", ".join(map(str, missing))
+        raise CdcSyncError(
+            f"no dead letter with id {ids} in the selected destinations "
+            f"(`cdcsync dlq list` shows the ids; a replayed letter is gone)"
+        )
     return 0

@@ -15,7 +15,7 @@ import nats.js.errors
 import trio
 
 from cdcsync.bridge import aio, open_bridge
-from cdcsync.config import redact_url
+from cdcsync.config import redact_url, userinfo_problem
 from cdcsync.errors import CdcSyncError
 from cdcsync.progress import Progress
 from cdcsync.sources.nats import connect_fast
@@ -45,6 +45,9 @@ async def connect(server: str) -> Any:
     def expose(future: Any) -> None:
         holder[:] = [future]
 
+    ambiguous = userinfo_problem(server)
+    if ambiguous is not None:
+        raise CdcSyncError(f"--server: {ambiguous}")
     kwargs = {"servers": [server], "connect_timeout": 5, "error_cb": on_error}
     try:
         return await aio(connect_fast, kwargs, expose)

@@ -14,27 +14,56 @@ from typing import Any
 
 import orjson
 import psutil
+import structlog
 import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cdcsync import __version__
 from cdcsync.api import dashboard, history, letters, metrics
 from cdcsync.api.openapi import SPEC as OPENAPI
 from cdcsync.flow.pipeline import Flow
+from cdcsync.logs import ERROR_FIELDS
+from cdcsync.redact import scrub_fields
 
-__all__ = ["MAX_BODY", "create_app"]
+__all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "create_app"]
 
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT_S = 10
+log = structlog.get_logger("cdcsync")
 
 
 def create_app(
-    flows: Sequence[Flow], token: str | None = None, cors_origins: Sequence[str] = ()
+    flows: Sequence[Flow],
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    secrets: Sequence[str] = (),
 ) -> QuartTrio:
+    """The API over ``flows``; ``secrets`` are scrubbed from every error text it shows."""
     app = QuartTrio("cdcsync")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     allowed = set(cors_origins)
+    hidden = tuple(sorted(set(secrets), key=len, reverse=True))
+
+    def shown(body: dict[str, Any]) -> dict[str, Any]:
+        # Errors come from drivers and servers: whatever they quote is scrubbed here too.
+        scrubbed: dict[str, Any] = scrub_fields(body, hidden, ERROR_FIELDS | {"unavailable"})
+        return scrubbed
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Any:
+        # One JSON log line and a JSON answer, never Quart's plain-text traceback.
+        if isinstance(exc, HTTPException):
+            return exc
+        log.error(
+            "api request failed",
+            method=request.method,
+            path=request.path[:200],
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+        return _error(500, "internal error (the server's log has the details)")
 
     @app.before_request
     async def limit_body() -> Response | None:
@@ -45,10 +74,14 @@ def create_app(
         if length is not None and length > MAX_BODY:
             return too_large
         if request.method in ("POST", "PUT", "PATCH"):
-            try:
-                await request.get_data(cache=False)
-            except RequestEntityTooLarge:
-                return too_large
+            # A body trickling in would hold its connection (and a slot) for ever.
+            with trio.move_on_after(BODY_TIMEOUT_S):
+                try:
+                    await request.get_data(cache=False)
+                except RequestEntityTooLarge:
+                    return too_large
+                return None
+            return _error(408, f"request body not received within {BODY_TIMEOUT_S} s")
         return None
 
     @app.after_request
@@ -66,11 +99,13 @@ def create_app(
     by_name = {f.name: f for f in flows}
 
     def stats() -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "uptime_s": round(time.time() - started, 1),
-            "flows": [{**f.stats.snapshot(), "paused": f.paused} for f in flows],
-        }
+        return shown(
+            {
+                "version": __version__,
+                "uptime_s": round(time.time() - started, 1),
+                "flows": [{**f.stats.snapshot(), "paused": f.paused} for f in flows],
+            }
+        )
 
     def authorized() -> bool:
         if not token:
@@ -102,7 +137,7 @@ def create_app(
                 name: by_name[name].stats.last_error or f"flow is {status}"
                 for name, status in bad.items()
             }
-        resp = jsonify(body)
+        resp = jsonify(shown(body))
         resp.status_code = 200 if not bad else 503
         return resp
 
@@ -125,7 +160,7 @@ def create_app(
         return _error(404, f"no flow named {name!r}")
 
     def view(flow: Flow) -> dict[str, Any]:
-        return {**flow.describe(), "state": flow.stats.snapshot(), "paused": flow.paused}
+        return shown({**flow.describe(), "state": flow.stats.snapshot(), "paused": flow.paused})
 
     def toggle(name: str, pause: bool) -> Response:
         flow = by_name.get(name)
@@ -232,7 +267,7 @@ def create_app(
             return not_found(name)
         return jsonify(view(flow))
 
-    letters.register(app, flows, _error)
+    letters.register(app, flows, _error, shown)
     dashboard.register(app)  # last: its catch-all route never shadows the API's
     return app
 

@@ -61,6 +61,13 @@ Set <code>{ENV_VAR}</code> to serve a build from elsewhere.</p>
     return resp
 
 
+async def _is_file(path: str) -> bool:
+    try:
+        return await trio.Path(path).is_file()
+    except OSError:  # e.g. a path over PATH_MAX: not one of the built files
+        return False
+
+
 def register(app: QuartTrio) -> None:
     """Add ``/`` and the catch-all route for the built files to ``app``.
 
@@ -89,8 +96,11 @@ def register(app: QuartTrio) -> None:
             resp = jsonify({"error": f"no such endpoint: /{path}"})
             resp.status_code = 404
             return resp
+        if any(len(part.encode()) > 255 for part in path.split("/")):
+            # No file or client route has such a name (and stat() would fail on it).
+            return Response("not found\n", status=404, content_type="text/plain")
         found = safe_join(str(root), path)
-        if found is not None and await trio.Path(found).is_file():
+        if found is not None and await _is_file(found):
             resp = await send_file(Path(found))
             if path.startswith("assets/"):
                 resp.headers["Cache-Control"] = IMMUTABLE

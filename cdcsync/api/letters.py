@@ -35,8 +35,14 @@ def _int_arg(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer") from None
 
 
-def register(app: QuartTrio, flows: Sequence[Flow], error: Callable[[int, str], Response]) -> None:
-    """Add ``GET /api/dead-letters`` and ``GET /api/dead-letters/reasons`` to ``app``."""
+def register(
+    app: QuartTrio,
+    flows: Sequence[Flow],
+    error: Callable[[int, str], Response],
+    shown: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Add ``GET /api/dead-letters`` and ``GET /api/dead-letters/reasons`` to ``app``;
+    ``shown`` scrubs the configuration's secrets from every error text in an answer."""
     names = {f.name for f in flows}
 
     def selected() -> list[Flow] | Response:
@@ -85,7 +91,7 @@ def register(app: QuartTrio, flows: Sequence[Flow], error: Callable[[int, str], 
                 except Exception as exc:
                     letters.append(_unavailable(sink, exc))
         letters.sort(key=lambda d: d.get("failed_at") or "", reverse=True)
-        return jsonify({"dead_letters": letters[offset : offset + limit]})
+        return jsonify(shown({"dead_letters": letters[offset : offset + limit]}))
 
     @app.get("/api/dead-letters/reasons")
     async def get_reasons() -> Response:
@@ -112,15 +118,14 @@ def register(app: QuartTrio, flows: Sequence[Flow], error: Callable[[int, str], 
                 for g in found.groups:
                     _merge(merged, sink, g)
         groups = sorted(merged.values(), key=lambda g: (-g["count"], g["reason"]))
-        return jsonify(
-            {
-                "total": total,
-                "grouped": grouped,
-                "distinct": len(groups),
-                "reasons": groups[:limit],
-                "unavailable": unavailable,
-            }
-        )
+        body = {
+            "total": total,
+            "grouped": grouped,
+            "distinct": len(groups),
+            "reasons": groups[:limit],
+            "unavailable": unavailable,
+        }
+        return jsonify(shown(body))
 
 
 def _merge(merged: dict[str, dict[str, Any]], sink: Destination, g: ReasonGroup) -> None:

@@ -22,6 +22,7 @@ import trio
 
 from cdcsync.bridge import aio, open_bridge
 from cdcsync.config import (
+    CheckedStr,
     EnvBool,
     EnvEnum,
     EnvInt,
@@ -30,6 +31,7 @@ from cdcsync.config import (
     redact_url,
     scrub,
     url_secrets,
+    userinfo_problem,
 )
 from cdcsync.errors import (
     CdcSyncError,
@@ -51,6 +53,7 @@ __all__ = [
     "Batch",
     "CdcSyncError",
     "ChangeEvent",
+    "CheckedStr",
     "ComponentSpec",
     "ConfigError",
     "Coordinator",
@@ -81,6 +84,7 @@ __all__ = [
     "redact_url",
     "scrub",
     "url_secrets",
+    "userinfo_problem",
 ]
 
 

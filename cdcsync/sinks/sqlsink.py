@@ -111,6 +111,10 @@ class Dialect(Protocol):
     ) -> None: ...
 
     # catalog and values
+    async def schema_problems(self, conn: Any) -> list[str]:
+        """Whether the destination's schema exists (``check --connect``), with the fix."""
+        ...
+
     async def lookup(self, conn: Any, names: list[str]) -> dict[str, TableInfo]: ...
     def missing_key_fix(self, table: str) -> str: ...
     def canonical_key(self, value: Any, column_type: str) -> Any: ...
@@ -268,7 +272,8 @@ class SqlDestination:
             where = redact_url(self.options.url)
             return [f"cannot connect to {where}: {self.dialect.describe(exc)}"]
         try:
-            return (await aio(self._aio_check_mapped))[1]
+            missing_schema = await aio(self.dialect.schema_problems, self._conn)
+            return missing_schema or (await aio(self._aio_check_mapped))[1]
         finally:
             await self.close()
 

@@ -6,11 +6,83 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import nkeys
 import strictyaml as sy
 
-from cdcsync.plugin import EnvBool, EnvEnum, EnvInt, EnvStr, described, redact_url
+from cdcsync.plugin import (
+    CheckedStr,
+    EnvBool,
+    EnvEnum,
+    EnvInt,
+    EnvStr,
+    described,
+    redact_url,
+    url_secrets,
+    userinfo_problem,
+)
 
-__all__ = ["SCHEMA", "JetStreamOptions", "NatsOptions", "parse_options"]
+__all__ = ["SCHEMA", "JetStreamOptions", "NatsOptions", "parse_options", "subject_problem"]
+
+_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _unprintable(text: str) -> bool:
+    return any(ch.isspace() or not ch.isprintable() for ch in text)
+
+
+def subject_problem(subject: str) -> str | None:
+    """What NATS would refuse in a subscription subject, and the fix; None if it is valid."""
+    if not subject:
+        return "an empty subject (write one, e.g. cdc.users.> )"
+    if _unprintable(subject):
+        return f"{subject!r}: spaces and control characters are not allowed in a subject"
+    tokens = subject.split(".")
+    if "" in tokens:
+        return f"{subject!r}: an empty token (a leading, trailing or doubled '.')"
+    if ">" in tokens[:-1]:
+        return f"{subject!r}: '>' matches the rest of a subject, so it must be the last token"
+    return None
+
+
+def _name_problem(name: str) -> str | None:
+    """Stream and consumer names: the rules of nats-py and nats-server (file names)."""
+    if not name:
+        return "an empty name"
+    if _unprintable(name) or any(ch in name for ch in ".*>/\\"):
+        return f"{name!r}: no spaces, control characters, '.', '*', '>', '/' or '\\'"
+    if len(name.encode()) > 255:
+        return f"a name of {len(name.encode())} bytes (at most 255)"
+    return None
+
+
+def _seed_problem(seed: str) -> str | None:
+    """Whether nats-py could sign in with this nkey seed (never shown: it is a secret)."""
+    try:
+        nkeys.from_seed(seed.strip().encode())
+    except (nkeys.ErrInvalidSeed, ValueError, UnicodeError, IndexError):
+        return "no valid nkey seed (a user seed starts with SU; `nk -gen user` makes one)"
+    return None
+
+
+def _server_problem(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        return (
+            f"{redact_url(url)!r}: a server is a URL like nats://host:4222 "
+            f"(schemes: {', '.join(_SCHEMES)})"
+        )
+    ambiguous = userinfo_problem(url)
+    if ambiguous is not None:
+        return ambiguous
+    hostport = rest.rsplit("@", 1)[-1].split("/", 1)[0]
+    host, colon, port = hostport.rpartition(":")
+    if colon and "]" not in port and (not port.isascii() or not port.isdigit()):
+        return f"{redact_url(url)!r}: the port must be a number"
+    if colon and "]" not in port and not 0 < int(port) <= 65535:
+        return f"{redact_url(url)!r}: port {port} (a port is 1 to 65535)"
+    if not (host if colon else hostport) or _unprintable(hostport):
+        return f"{redact_url(url)!r}: no host"
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,14 +135,16 @@ class NatsOptions:
             out["user"] = self.user
         return out
 
+    def secrets(self) -> list[str]:
+        """The password, token and nkey seed, and whatever secret the server URLs hold."""
+        found = [s for s in (self.password, self.token, self.nkey_seed) if s]
+        return found + [secret for url in self.servers for secret in url_secrets(url)]
+
 
 def parse_options(data: dict[str, Any]) -> NatsOptions:
     servers = tuple(data["servers"])
     if not servers:
         raise ValueError("servers must list at least one nats:// URL")
-    for s in servers:
-        if "://" not in s:
-            raise ValueError(f"server {redact_url(s)!r} must be a URL like nats://host:4222")
     js = None
     if "jetstream" in data and data["jetstream"] is not None:
         j = data["jetstream"]
@@ -82,11 +156,6 @@ def parse_options(data: dict[str, Any]) -> NatsOptions:
             deliver=j["deliver"],
             create_stream=j["create_stream"],
         )
-        for label, value in (("stream", js.stream), ("durable", js.durable)):
-            if not value or any(ch in value for ch in " .*>\t"):
-                raise ValueError(
-                    f"jetstream.{label} {value!r} must not contain spaces, '.', '*', '>'"
-                )
     tls = data.get("tls") or {}
     return NatsOptions(
         servers=servers,
@@ -110,14 +179,14 @@ _JETSTREAM = described(
     sy.Map(
         {
             "stream": described(
-                EnvStr(),
-                "Stream name (no spaces, `.`, `*` or `>`). Created with `subject` when missing "
-                "(unless `create_stream: false`); `subject` is added to an existing stream "
-                "that does not cover it yet.",
+                CheckedStr("a JetStream stream name", _name_problem),
+                "Stream name (no spaces, `.`, `*`, `>`, `/` or `\\`; at most 255 bytes). "
+                "Created with `subject` when missing (unless `create_stream: false`); "
+                "`subject` is added to an existing stream that does not cover it yet.",
                 example="CDC",
             ),
             "durable": described(
-                EnvStr(),
+                CheckedStr("a JetStream consumer name", _name_problem),
                 "Durable consumer name, owned by cdcsync: deleted and recreated at every "
                 "start, positioned just after the destinations' checkpoints. Share it with "
                 "no other application or flow.",
@@ -180,13 +249,13 @@ _TLS = described(
 
 SCHEMA = {
     "servers": described(
-        sy.Seq(EnvStr()),
+        sy.Seq(CheckedStr("a NATS server URL", _server_problem)),
         "NATS server URLs, `nats://host:port` or `tls://host:port`; list several nodes of "
         "a cluster.",
         example='["nats://nats-1:4222", "nats://nats-2:4222"]',
     ),
     "subject": described(
-        EnvStr(),
+        CheckedStr("a NATS subject", subject_problem),
         "Subject to read; wildcards `*` and `>` allowed. With JetStream it is the "
         "consumer's filter subject.",
         example='"cdc.users.>"',
@@ -211,7 +280,9 @@ SCHEMA = {
         example="/etc/cdcsync/cdcsync.creds",
     ),
     sy.Optional("nkey_seed"): described(
-        EnvStr(), "An nkey seed (`SU...`) to sign in with; redacted.", example="${NATS_NKEY_SEED}"
+        CheckedStr("an nkey seed", _seed_problem),
+        "An nkey seed (`SU...`) to sign in with; redacted.",
+        example="${NATS_NKEY_SEED}",
     ),
     sy.Optional("tls"): _TLS,
     sy.Optional("buffer", default=20_000): described(

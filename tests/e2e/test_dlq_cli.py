@@ -72,3 +72,31 @@ async def test_dlq_rejects_an_unknown_flow(env: Env, tmp_path: Path) -> None:
     config_path.write_text("flows:\n" + env.flow_yaml())
     code, _, err = await dlq(config_path, "list", "--flow", "nope")
     assert code == 1 and "no destination matches" in err
+
+
+async def test_replay_of_an_id_that_does_not_exist_says_so(
+    env: Env, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """`replay --id N` for an id no selected destination has printed "applied 0" and exited 0;
+    now it names the missing ids and exits 1, after replaying the ids that do exist."""
+    await env.create_schema("CREATE TABLE users (id int PRIMARY KEY, name text);")
+    flow = env.flow_yaml()
+    config_path = tmp_path / "cdcsync.yaml"
+    config_path.write_text("api:\n  enabled: false\nflows:\n" + flow)
+
+    code, out, err = await dlq(config_path, "replay", "--id", "987654321")
+    assert code == 1, out + err
+    assert "no dead letter with id 987654321" in err and "applied" not in out
+
+    async with env.running(env.config(flow), nursery):
+        await env.publish(env.subject() + ".x", [envelope("users", "insert", {"id": 1, "x": 2})])
+        await env.applied(1)
+    [letter] = await env.dead_letters()
+    await env.execute(f"ALTER TABLE {env.schema}.users ADD COLUMN x int")
+    code, out, err = await dlq(
+        config_path, "replay", "--id", str(letter["id"]), "--id", "987654321"
+    )
+    assert code == 1, out + err
+    assert "applied 1, still failing 0" in out
+    assert "no dead letter with id 987654321 in the selected" in err  # only the missing one
+    assert await env.rows("users") == [{"id": 1, "name": None, "x": 2}]

@@ -197,7 +197,8 @@ def test_secrets_never_appear_in_output_logs_or_api(tmp_path: Path, nats_url: st
             "badseed",
             f'"{nats_url}"',
             "postgresql://postgres:SEKRET-pg3@127.0.0.1:1/test",
-            auth="nkey_seed: SUSEKRETSEED\n",
+            # A well-formed user seed (check refuses malformed ones) that holds the marker.
+            auth="nkey_seed: SUAAAAAASEKRETAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE7HM\n",
         )
         + flow(
             "natsdown",

@@ -264,9 +264,9 @@ def test_empty_env_var_takes_the_default(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_env_var_value_does_not_change_structure(monkeypatch: pytest.MonkeyPatch) -> None:
     """A variable's value is data: YAML syntax in it stays a plain string."""
-    monkeypatch.setenv("SUBJECT", "a: [b, c]\nextra: 1")
-    text = FULL.replace("subject: cdc.orders", "subject: ${SUBJECT}")
-    assert loads(text).flow("orders").source.options.subject == "a: [b, c]\nextra: 1"
+    monkeypatch.setenv("TOKEN", "a: [b, c]\nextra: 1")
+    text = FULL.replace("token: s3cret", "token: ${TOKEN}")
+    assert loads(text).api.token == "a: [b, c]\nextra: 1"
 
 
 @pytest.mark.parametrize(
@@ -370,13 +370,13 @@ def test_unknown_destination_type() -> None:
         (
             "url: postgresql://audit@db:5432/audit",
             "url: mysql://audit@db/audit",
-            "- name: audit",
+            "url: mysql://",
             "postgresql://",
         ),
     ],
 )
 def test_semantic_errors_name_the_line(old: str, new: str, needle: str, words: str) -> None:
-    """Bad names and URLs are reported at the line of their block."""
+    """Bad names are reported at the line of their block, bad URLs at their own line."""
     assert words in one_error(FULL.replace(old, new, 1), needle)
 
 
@@ -548,3 +548,15 @@ def test_issue_example_loads_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     (dest,) = flow.destinations
     assert dest.options.url == "postgresql://postgres@127.0.0.1:5432/test"
     assert dest.options.tables == {"users": "app_users"}
+
+
+def test_secrets_are_every_password_and_token_but_not_what_is_shown_anyway() -> None:
+    """Config.secrets() (scrubbed from error texts in the API and logs) holds the API token,
+    URL passwords and NATS credentials; a password equal to the URL's user name, which the
+    redacted URL shows anyway, is left out so errors keep their words."""
+    text = FULL.replace(
+        'servers: ["nats://nats-1:4222"]', 'servers: ["nats://cdc:n%40tspw@nats-1:4222"]'
+    ).replace("url: postgresql://audit@db:5432/audit", "url: postgresql://audit:Au%2Fdit9@db/a")
+    secrets = loads(text).secrets()
+    assert {"s3cret", "n%40tspw", "n@tspw", "Au%2Fdit9", "Au/dit9"} <= set(secrets)
+    assert "postgres" not in secrets  # postgresql://postgres:postgres@db: shown as postgres:***

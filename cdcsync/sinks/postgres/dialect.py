@@ -226,6 +226,15 @@ class PostgresDialect:
 
     # --- catalog and values ---------------------------------------------------------------
 
+    async def schema_problems(self, conn: asyncpg.Connection) -> list[str]:
+        schema = self.options.schema
+        if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            return []
+        return [
+            f"destination {self.name!r}: schema {schema!r} does not exist (fix: CREATE SCHEMA "
+            f"{sql.quote_ident(schema)}, or correct 'schema')"
+        ]
+
     async def lookup(self, conn: asyncpg.Connection, names: list[str]) -> dict[str, TableInfo]:
         schema = self.options.schema
         rows = await conn.fetch(sql.CATALOG_TABLES, schema, names)

@@ -8,7 +8,16 @@ from typing import Any
 
 import strictyaml as sy
 
-from cdcsync.plugin import EnvBool, EnvEnum, EnvStr, described, redact_url, url_secrets
+from cdcsync.plugin import (
+    CheckedStr,
+    EnvBool,
+    EnvEnum,
+    EnvStr,
+    described,
+    redact_url,
+    url_secrets,
+    userinfo_problem,
+)
 from cdcsync.plugin.sql import RESERVED_PREFIX, Mode
 
 __all__ = ["SCHEMA", "PostgresOptions", "parse_options"]
@@ -36,17 +45,53 @@ class PostgresOptions:
             "unmapped_tables": self.unmapped_tables,
         }
 
+    def secrets(self) -> list[str]:
+        return url_secrets(self.url)
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _url_problem(url: str) -> str | None:
+    """What asyncpg or libpq would refuse in ``url`` (each message hides its secrets)."""
+    if not url.startswith(("postgres://", "postgresql://")):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        return f"a URL starting with postgresql:// (found {scheme[:20]!r})"
+    ambiguous = userinfo_problem(url)
+    if ambiguous is not None:
+        return ambiguous
+    shown = redact_url(url)
+    rest = url.split("://", 1)[1]
+    hosts = rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    for hostport in hosts.split(","):
+        _, colon, port = hostport.rpartition(":")
+        if colon and "]" not in port and port:
+            if not port.isascii() or not port.isdigit():
+                return f"{shown!r}: the port must be a number"
+            if not 0 < int(port) <= 65535:
+                return f"{shown!r}: port {port} (a port is 1 to 65535)"
+    for param in url.partition("?")[2].split("&"):
+        key, _, value = param.partition("=")
+        if key == "sslmode" and value not in _SSLMODES:
+            return f"{shown!r}: sslmode {value!r} (one of: {', '.join(_SSLMODES)})"
+    return None
+
+
+def _key_problem(name: str) -> str | None:
+    if not name or "\x00" in name:
+        return "an empty name" if not name else f"{name!r}: a NUL character"
+    return None
+
+
+def _name_problem(name: str) -> str | None:
+    """A schema or table name PostgreSQL can hold: longer ones it would silently truncate."""
+    if len(name.encode()) > 63:
+        return f"{name!r}: PostgreSQL names are at most 63 bytes"
+    return _key_problem(name)
+
 
 def parse_options(data: dict[str, Any]) -> PostgresOptions:
     url = data["url"]
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise ValueError(f"url {redact_url(url)!r} must start with postgresql://")
-    for secret in url_secrets(url):
-        if any(ch in secret for ch in "/#?@"):
-            raise ValueError(
-                f"url {redact_url(url)!r}: the password contains '/', '#', '?' or '@'; "
-                f"percent-encode it (%2F, %23, %3F, %40)"
-            )
     schema, state_schema = data["schema"], data["state_schema"]
     for key, name in (("schema", schema), ("state_schema", state_schema)):
         if not name or "\x00" in name:
@@ -76,13 +121,13 @@ def parse_options(data: dict[str, Any]) -> PostgresOptions:
 
 SCHEMA = {
     "url": described(
-        EnvStr(),
+        CheckedStr("a PostgreSQL URL", _url_problem),
         "libpq-style URL `postgresql://user:password@host:port/db?sslmode=...`; "
         "percent-encode `/ # ? @` in the password. Redacted wherever cdcsync prints it.",
         example='"postgresql://cdcsync:${PGPASSWORD}@db:5432/app?sslmode=require"',
     ),
     sy.Optional("schema", default="public"): described(
-        EnvStr(),
+        CheckedStr("a schema name", _name_problem),
         "Schema of the target tables. It must exist. Events only ever write tables of this schema.",
         example="replica",
     ),
@@ -101,7 +146,10 @@ SCHEMA = {
         example="replace",
     ),
     sy.Optional("tables"): described(
-        sy.MapPattern(EnvStr(), EnvStr()),
+        sy.MapPattern(
+            CheckedStr("an event table name", _key_problem),
+            CheckedStr("a table name", _name_problem),
+        ),
         "Event table name to target table name. Mapped tables are checked at start-up "
         "(they must exist and have a key); other names are used as they are, unless "
         "`unmapped_tables: dead_letter`.",
