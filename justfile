@@ -18,6 +18,10 @@ dist:
     scripts/dev install
     .venv/bin/python -m build
 
+# build the container image and smoke-test it and compose.yaml with podman (root; ~3-4 min)
+container-smoke:
+    scripts/container-smoke
+
 # validate a config and connect to its servers
 check config="config/example.yaml":
     scripts/dev check {{config}}
