@@ -39,6 +39,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 # Where a wheel carries the build (hatch_build.py puts it there); absent in a checkout.
 PACKAGED = Path(__file__).resolve().parents[1] / "_dashboard"
+# The dashboard's sources when running from a checkout (editable install, scripts/dev).
+CHECKOUT = Path(__file__).resolve().parents[2] / "dashboard"
 
 
 def dashboard_dir() -> Path:
@@ -47,10 +49,9 @@ def dashboard_dir() -> Path:
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured)
-    checkout = Path(__file__).resolve().parents[2] / "dashboard"
-    if (PACKAGED / "index.html").is_file() or not (checkout / "package.json").is_file():
+    if (PACKAGED / "index.html").is_file() or not (CHECKOUT / "package.json").is_file():
         return PACKAGED
-    return checkout / "dist"
+    return CHECKOUT / "dist"
 
 
 def _missing_page(where: Path) -> Response:

@@ -26,6 +26,7 @@ import pytest
 import trio
 from harness import Env, envelope
 
+from cdcsync.api import dashboard
 from cdcsync.bridge import aio
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,3 +154,22 @@ async def _api_address(proc: trio.Process, logs: Path) -> str:
             if binds and any(e.get("event") == "cdcsync started" for e in events):
                 return str(binds[0])
             await trio.sleep(0.1)
+
+
+async def test_a_package_built_without_the_dashboard_says_so(
+    env: Env, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed from a package that has no dashboard (built where npm was missing), `/`
+    says that, and how to get one, instead of naming a repository that is not there."""
+    monkeypatch.delenv(dashboard.ENV_VAR, raising=False)
+    monkeypatch.setattr(dashboard, "PACKAGED", tmp_path / "site-packages" / "_dashboard")
+    monkeypatch.setattr(dashboard, "CHECKOUT", tmp_path / "no-checkout")
+    await env.create_schema("CREATE TABLE items (id int PRIMARY KEY);")
+    async with (
+        env.running(env.config(), nursery) as running,
+        httpx.AsyncClient(base_url=running.api) as client,
+    ):
+        page = await client.get("/")
+    assert page.status_code == 200
+    assert "package was built without its dashboard" in page.text
+    assert dashboard.ENV_VAR in page.text and "npm --prefix dashboard" not in page.text
