@@ -23,6 +23,7 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 NODE_MIN = (20, 19)  # what Vite 8 needs (dashboard/package.json "engines")
+# What the build is made from: a dist/index.html older than any of these is rebuilt.
 SOURCES = (
     "src",
     "index.html",

@@ -18,7 +18,7 @@ dist:
     scripts/dev install
     .venv/bin/python -m build
 
-# build the container image and smoke-test it and compose.yaml with podman (root; ~3-4 min)
+# build the container image and smoke-test it and compose.yaml with podman (root; 2-3 min)
 container-smoke:
     scripts/container-smoke
 
