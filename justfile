@@ -13,6 +13,15 @@ dashboard:
     npm --prefix dashboard ci --no-audit --no-fund
     npm --prefix dashboard run build
 
+# the sdist and the wheel in dist/, both with the built dashboard (needs npm unless already built)
+dist:
+    scripts/dev install
+    .venv/bin/python -m build
+
+# build the container image and smoke-test it and compose.yaml with podman (root; 2-3 min)
+container-smoke:
+    scripts/container-smoke
+
 # validate a config and connect to its servers
 check config="config/example.yaml":
     scripts/dev check {{config}}

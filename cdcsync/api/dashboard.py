@@ -27,31 +27,49 @@ BUILD_HINT = (
     "build it with `npm --prefix dashboard ci && npm --prefix dashboard run build` "
     "(or `just dashboard`) in the cdcsync repository, then reload the page"
 )
+PACKAGE_HINT = (
+    "this cdcsync package was built without its dashboard (no Node.js >= 20.19 and npm where "
+    f"it was built): install one built with them, or set {ENV_VAR} to a dashboard build"
+)
 # Paths the API owns; the dashboard never answers for them.
 RESERVED = ("api", "metrics", "health")
 # Vite puts content-hashed file names under assets/: safe to cache for a year.
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+# Where a wheel carries the build (hatch_build.py puts it there); absent in a checkout.
+PACKAGED = Path(__file__).resolve().parents[1] / "_dashboard"
+# The dashboard's sources when running from a checkout (editable install, scripts/dev).
+CHECKOUT = Path(__file__).resolve().parents[2] / "dashboard"
+
+
 def dashboard_dir() -> Path:
-    """Where the built dashboard is: ``$CDCSYNC_DASHBOARD_DIR``, else the repo's dashboard/dist."""
+    """Where the built dashboard is: ``$CDCSYNC_DASHBOARD_DIR``, else the copy inside the
+    installed package, else (running from a checkout) the repository's dashboard/dist."""
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "dashboard" / "dist"
+    if (PACKAGED / "index.html").is_file() or not (CHECKOUT / "package.json").is_file():
+        return PACKAGED
+    return CHECKOUT / "dist"
 
 
 def _missing_page(where: Path) -> Response:
+    how = (
+        f"{PACKAGE_HINT[0].upper()}{PACKAGE_HINT[1:]}."
+        if where == PACKAGED
+        else f"""From the cdcsync repository, run:</p>
+<pre>npm --prefix dashboard ci &amp;&amp; npm --prefix dashboard run build</pre>
+<p>or <code>just dashboard</code>, then reload this page (no restart needed).
+Set <code>{ENV_VAR}</code> to serve a build from elsewhere."""
+    )
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cdcsync: dashboard not built</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: system-ui, sans-serif; max-width: 44rem; margin: 2rem auto;
 padding: 0 1rem; line-height: 1.5">
 <h1>The cdcsync dashboard is not built</h1>
-<p>No built dashboard at <code>{where}</code>. From the cdcsync repository, run:</p>
-<pre>npm --prefix dashboard ci &amp;&amp; npm --prefix dashboard run build</pre>
-<p>or <code>just dashboard</code>, then reload this page (no restart needed).
-Set <code>{ENV_VAR}</code> to serve a build from elsewhere.</p>
+<p>No built dashboard at <code>{where}</code>. {how}</p>
 <p>The API works without it: <a href="/api/stats">/api/stats</a>, <a href="/health">/health</a>,
 <a href="/metrics">/metrics</a>, <a href="/api/openapi.json">/api/openapi.json</a>.</p>
 </body></html>
@@ -75,7 +93,8 @@ def register(app: QuartTrio) -> None:
     """
     root = dashboard_dir()
     if not (root / "index.html").is_file():
-        log.warning("dashboard not built", path=str(root), hint=BUILD_HINT)
+        hint = PACKAGE_HINT if root == PACKAGED else BUILD_HINT
+        log.warning("dashboard not built", path=str(root), hint=hint)
 
     async def index() -> Response:
         page = root / "index.html"
