@@ -51,6 +51,7 @@ __all__ = [
     "free_port",
     "mariadb_binaries",
     "mysql_greeting",
+    "mysql_usable",
     "nats_info",
     "nats_server_binary",
     "pid_alive",
@@ -459,7 +460,7 @@ class MariaDBServer(embedded._Server):
 _shared_mysql: str | None = None
 
 
-def _mysql_usable(url: str) -> bool:
+def mysql_usable(url: str) -> bool:
     """True if `url` accepts root's login; creates its database if only that is missing."""
     try:
         import asyncmy  # only needed here; keeps importing this module cheap
@@ -476,10 +477,12 @@ def _mysql_usable(url: str) -> bool:
             async with conn.cursor() as cur:
                 exists = "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s"
                 await cur.execute(exists, (database,))
-                if await cur.fetchone() == (0,):
+                found = await cur.fetchone()
+                if found == (0,):
                     await cur.execute(f"CREATE DATABASE `{database}`")
                     await cur.execute(exists, (database,))
-                return bool(await cur.fetchone() == (1,))
+                    found = await cur.fetchone()
+                return bool(found == (1,))
         finally:
             conn.close()
 
@@ -503,7 +506,7 @@ def ensure_shared_mariadb() -> str:
     url = os.environ.get(MYSQL_URL_ENV)
     if not url:
         candidate = f"mysql://root@{LOCALHOST}:{SYSTEM_MYSQL_PORT}/test"
-        if mysql_greeting(SYSTEM_MYSQL_PORT) is not None and _mysql_usable(candidate):
+        if mysql_greeting(SYSTEM_MYSQL_PORT) is not None and mysql_usable(candidate):
             url = candidate
         else:
             server = MariaDBServer()

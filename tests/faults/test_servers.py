@@ -23,6 +23,7 @@ from servers import (
     NatsServer,
     PostgresServer,
     mysql_greeting,
+    mysql_usable,
     nats_info,
     pid_alive,
     port_open,
@@ -245,8 +246,40 @@ def test_mariadb_server_is_gone_after_its_process_fails(tmp_path: Path) -> None:
     assert not Path(base_dir).exists()
 
 
+def test_shared_mariadb_falls_back_to_a_throwaway_server() -> None:
+    """Without the machine's MariaDB (here: nothing on the port it is looked for on) and
+    without CDCSYNC_TEST_MYSQL_URL, the session gets a throwaway server with database
+    `test`, gone when the session's process exits."""
+    script = (
+        "import servers\n"
+        "servers.SYSTEM_MYSQL_PORT = servers.free_port()\n"
+        "url = servers.ensure_shared_mariadb()\n"
+        "print(url, servers.mysql_usable(url), flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CDCSYNC_TEST_MYSQL_URL"}
+    tests_dir = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**env, "PYTHONPATH": str(tests_dir)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    url, usable = proc.stdout.split()
+    port = urlsplit(url).port
+    assert url == f"mysql://root@127.0.0.1:{port}/test"
+    assert port != 3306
+    assert usable == "True"
+    assert port is not None and not port_open(port)
+
+
 def test_shared_mariadb_is_usable(mysql_url: str) -> None:
-    """The session's shared MariaDB accepts root into database `test`, with InnoDB."""
+    """The session's shared MariaDB accepts root into database `test`, with InnoDB; it is
+    the machine's own on 3306 when that one answers (as it does on this machine kind)."""
+    if mysql_greeting(3306) is not None:
+        assert mysql_usable("mysql://root@127.0.0.1:3306/test")
     assert asyncio.run(_mysql(mysql_url, "SELECT DATABASE(), @@default_storage_engine")) == [
         ("test", "InnoDB")
     ]
