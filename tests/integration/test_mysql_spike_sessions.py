@@ -119,17 +119,64 @@ def test_get_lock_freed_when_the_holder_is_killed_or_its_host_vanishes(
 def test_a_failed_statement_does_not_abort_the_transaction(mysql_db: Db) -> None:
     """Unlike PostgreSQL (25P02 until ROLLBACK), a failing statement in InnoDB rolls back
     only itself, including the rows it had already written (the first row of a multi-row
-    INSERT whose second row is bad); the transaction goes on and commits the rest."""
+    INSERT whose second row is bad) and what its triggers wrote; the transaction goes on and
+    commits the rest."""
 
     async def scenario(db: Db) -> None:
         s = await db.session()
         await s.rows("CREATE TABLE t (id INT PRIMARY KEY, n INT) ENGINE=InnoDB")
+        await s.rows("CREATE TABLE audit (id INT) ENGINE=InnoDB")
+        await s.rows(
+            "CREATE TRIGGER t_ai AFTER INSERT ON t FOR EACH ROW INSERT INTO audit VALUES (NEW.id)"
+        )
         await s.rows("BEGIN")
         await s.rows("INSERT INTO t VALUES (1, 1)")
         assert (await s.fails("INSERT INTO t VALUES (2, 2), (3, 'abc')"))[0] == 1366
         await s.rows("INSERT INTO t VALUES (4, 4)")
         await s.rows("COMMIT")
         assert await s.rows("SELECT id FROM t ORDER BY id") == [(1,), (4,)]
+        assert await s.rows("SELECT id FROM audit ORDER BY id") == [(1,), (4,)]  # trigger too
+
+    run(mysql_db, scenario)
+
+
+def test_one_transaction_spans_the_users_and_the_state_database(mysql_db: Db) -> None:
+    """MySQL's schema is a database: the rows (users' database) and the checkpoint (a state
+    database, as PostgreSQL's state schema) commit or roll back together in one InnoDB
+    transaction on one connection."""
+
+    async def scenario(db: Db) -> None:
+        s = await db.session()
+        state = quote(f"{db.name}_state")
+        await s.rows(f"CREATE DATABASE {state}")
+        try:
+            await s.rows("CREATE TABLE t (id INT PRIMARY KEY)")
+            await s.rows(f"CREATE TABLE {state}.checkpoints (flow TEXT, last_seq BIGINT)")
+            for end, want in (("ROLLBACK", (0, 0)), ("COMMIT", (1, 1))):
+                await s.rows("BEGIN")
+                await s.rows("INSERT INTO t VALUES (1)")
+                await s.rows(f"INSERT INTO {state}.checkpoints VALUES ('f', 1)")
+                await s.rows(end)
+                got = await s.rows(
+                    f"SELECT (SELECT COUNT(*) FROM t), (SELECT COUNT(*) FROM {state}.checkpoints)"
+                )
+                assert got == [want], end
+        finally:
+            await s.rows(f"DROP DATABASE {state}")
+
+    run(mysql_db, scenario)
+
+
+def test_a_statement_over_max_allowed_packet_loses_the_connection(mysql_db: Db) -> None:
+    """A statement (or a prepared statement's parameter) larger than the server's
+    max_allowed_packet (16 MB here, a global setting) fails with 1153 and the server drops
+    the connection (2013 next): the dialect splits a batch's JSON below that size."""
+
+    async def scenario(db: Db) -> None:
+        s = await db.session()
+        limit = await s.one("SELECT @@max_allowed_packet")
+        assert (await s.fails("SELECT LENGTH(%s)", ("x" * limit,)))[0] == 1153
+        assert (await s.fails("SELECT 1"))[0] in (2006, 2013)
 
     run(mysql_db, scenario)
 
