@@ -181,6 +181,28 @@ def test_a_statement_over_max_allowed_packet_loses_the_connection(mysql_db: Db) 
     run(mysql_db, scenario)
 
 
+def test_truncate_commits_the_open_transaction(mysql_db: Db) -> None:
+    """TRUNCATE is DDL: it commits the open transaction first, so rows written before it
+    survive a ROLLBACK. A truncate event must be a DELETE inside the batch's transaction."""
+
+    async def scenario(db: Db) -> None:
+        s = await db.session()
+        await s.rows("CREATE TABLE a (id INT PRIMARY KEY) ENGINE=InnoDB")
+        await s.rows("CREATE TABLE b (id INT PRIMARY KEY) ENGINE=InnoDB")
+        await s.rows("BEGIN")
+        await s.rows("INSERT INTO a VALUES (1)")
+        await s.rows("TRUNCATE TABLE b")
+        await s.rows("ROLLBACK")
+        assert await s.rows("SELECT id FROM a") == [(1,)]
+        await s.rows("BEGIN")
+        await s.rows("INSERT INTO a VALUES (2)")
+        await s.rows("DELETE FROM b")
+        await s.rows("ROLLBACK")
+        assert await s.rows("SELECT id FROM a") == [(1,)]
+
+    run(mysql_db, scenario)
+
+
 def test_savepoints_and_the_row_locks_they_keep(mysql_db: Db) -> None:
     """SAVEPOINT / ROLLBACK TO SAVEPOINT / RELEASE SAVEPOINT work as in PostgreSQL, but a
     rollback to a savepoint keeps the row locks taken after it until the transaction ends:
