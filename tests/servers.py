@@ -65,9 +65,10 @@ SYSTEM_NATS_PORT = 4222  # the machine's own services, tried before starting thr
 SYSTEM_PG_PORT = 5432
 
 
-class NatsServer(embedded.NatsServer):
-    """A throwaway nats-server (see ``cdcsync.embedded.NatsServer``) that can be frozen."""
+class _Freezable:
+    """``pause()`` / ``resume()`` for a server that is a single process (``self._proc``)."""
 
+    _proc: subprocess.Popen[bytes] | None
     _paused = False
 
     def pause(self) -> None:
@@ -82,6 +83,10 @@ class NatsServer(embedded.NatsServer):
         if self._proc is not None and self._paused:
             self._proc.send_signal(signal.SIGCONT)
         self._paused = False
+
+
+class NatsServer(_Freezable, embedded.NatsServer):
+    """A throwaway nats-server (see ``cdcsync.embedded.NatsServer``) that can be frozen."""
 
     def start(self) -> None:
         self._paused = False
@@ -310,7 +315,7 @@ def _mariadb_datadir_template() -> Path:
     return data
 
 
-class MariaDBServer(embedded._Server):
+class MariaDBServer(_Freezable, embedded._Server):
     """A throwaway MariaDB server: its own data dir, a free 127.0.0.1 port, root without
     password, a unix socket in its directory.
 
@@ -319,6 +324,7 @@ class MariaDBServer(embedded._Server):
     ``base_dir`` the data dir is kept by ``close()`` and reused by the next server there;
     without, a temporary directory is created and removed. Every server is also closed at
     interpreter exit, so a test that fails half-way leaves no ``mariadbd`` behind.
+    ``pause()`` freezes it (SIGSTOP): connections hang, nothing errors.
     """
 
     def __init__(
@@ -337,7 +343,6 @@ class MariaDBServer(embedded._Server):
         self.log_path = self.base_dir / "mariadbd.log"
         _, self.binary, self.client = mariadb_binaries()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
         atexit.register(self.close)
 
     @property
@@ -389,19 +394,6 @@ class MariaDBServer(embedded._Server):
                     f"\n{_tail(self.log_path)}"
                 )
             time.sleep(0.02)
-
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP; one process): connections hang, nothing errors."""
-        if self.running and self._proc is not None and not self._paused:
-            self._proc.send_signal(signal.SIGSTOP)
-            _wait_stopped([self._proc.pid])
-            self._paused = True
-
-    def resume(self) -> None:
-        """Undo ``pause()`` (SIGCONT)."""
-        if self._proc is not None and self._paused:
-            self._proc.send_signal(signal.SIGCONT)
-        self._paused = False
 
     def stop(self) -> None:
         """Graceful shutdown (SIGTERM: open transactions roll back, clients are told);

@@ -221,6 +221,19 @@ def test_mariadb_pause_stalls_and_resume_recovers(mariadb_server: MariaDBServer)
     assert asyncio.run(_mysql(mariadb_server.url, "SELECT 1")) == [(1,)]
 
 
+def _python_with_servers(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a new interpreter that can import tests/servers.py."""
+    tests_dir = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**env, "PYTHONPATH": str(tests_dir)},
+    )
+
+
 def test_mariadb_server_is_gone_after_its_process_fails(tmp_path: Path) -> None:
     """A process that started a MariaDBServer and then dies of an exception leaves neither
     a running mariadbd nor its directory behind (atexit closes every server)."""
@@ -231,15 +244,7 @@ def test_mariadb_server_is_gone_after_its_process_fails(tmp_path: Path) -> None:
         "print(s.pid, s.base_dir, flush=True)\n"
         "raise SystemExit('a test failed')\n"
     )
-    tests_dir = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(tests_dir)},
-    )
+    proc = _python_with_servers(script, dict(os.environ))
     assert proc.returncode == 1, proc.stderr
     pid, base_dir = proc.stdout.split()
     assert not pid_alive(int(pid))
@@ -257,15 +262,7 @@ def test_shared_mariadb_falls_back_to_a_throwaway_server() -> None:
         "print(url, servers.mysql_usable(url), flush=True)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "CDCSYNC_TEST_MYSQL_URL"}
-    tests_dir = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**env, "PYTHONPATH": str(tests_dir)},
-    )
+    proc = _python_with_servers(script, env)
     assert proc.returncode == 0, proc.stderr
     url, usable = proc.stdout.split()
     port = urlsplit(url).port
