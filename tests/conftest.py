@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from servers import ensure_shared_services
+from servers import ensure_shared_mariadb, ensure_shared_services
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,13 @@ def nats_url(_shared_services: tuple[str, str]) -> str:
 def pg_url(_shared_services: tuple[str, str]) -> str:
     """URL of the session's PostgreSQL database `test` (superuser, trust auth)."""
     return _shared_services[1]
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """URL of the session's MariaDB database `test` (root, empty password): the machine's
+    on 127.0.0.1:3306 when it answers, else a throwaway server (tests/servers.py)."""
+    return ensure_shared_mariadb()
 
 
 @pytest.fixture
