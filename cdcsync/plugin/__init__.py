@@ -46,6 +46,7 @@ from cdcsync.events import UNAVAILABLE, ChangeEvent, Op
 from cdcsync.flow.batch import UNPOSITIONED, Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks.reasons import ReasonGroup, Reasons
+from cdcsync.sinks.reasons import group as group_reasons
 
 __all__ = [
     "UNAVAILABLE",
@@ -80,6 +81,7 @@ __all__ = [
     "WriteResult",
     "aio",
     "described",
+    "group_reasons",
     "open_bridge",
     "redact_url",
     "scrub",
