@@ -126,7 +126,7 @@ def partitions(tps: Any) -> list[int]:
 
 
 @dataclass
-class RecordingListener(ConsumerRebalanceListener):  # type: ignore[misc]
+class RecordingListener(ConsumerRebalanceListener):
     """Records every callback with its time; optional hooks run inside the callbacks.
 
     The hooks are asyncio coroutine functions: aiokafka awaits the callbacks on its own
@@ -221,7 +221,7 @@ async def _member_main(bootstrap: str, topic: str, group: str, freeze: bool) -> 
     def out(ev: str, **kw: Any) -> None:
         print(json.dumps({"ev": ev, "t": time.monotonic(), **kw}), flush=True)
 
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    class Listener(ConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
             out("revoked", p=partitions(revoked))
 

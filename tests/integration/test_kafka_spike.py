@@ -19,7 +19,7 @@ import kafkakit
 import pytest
 import trio
 import trio_asyncio
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
@@ -47,7 +47,9 @@ HEARTBEAT_S = GROUP_SETTINGS["heartbeat_interval_ms"] / 1000
 JOIN_S = math.ceil(SESSION_S / 2)
 
 
-async def poll(consumer, scope: trio.CancelScope, seen: list | None = None) -> None:  # type: ignore[no-untyped-def]
+async def poll(
+    consumer: AIOKafkaConsumer, scope: trio.CancelScope, seen: list[ConsumerRecord] | None = None
+) -> None:
     """What a source's read loop does to stay in the group: call getmany again and again."""
     with scope:
         while True:
@@ -322,7 +324,7 @@ async def test_frozen_member_delivers_stale_records_and_cannot_commit(
             await aio(aio_produce, bootstrap, "cdc", [(None, b"v")] * 200, partition=p)
         a = new_consumer(bootstrap, "g")
         a.subscribe(["cdc"])
-        seen: list = []
+        seen: list[ConsumerRecord] = []
         zombie = Member(bootstrap, "cdc", "g", freeze=True)
         try:
             async with running(a), trio.open_nursery() as nursery:
@@ -519,7 +521,7 @@ async def test_broker_killed_then_restarted_empty(kafka_broker: TansuBroker) -> 
             kafka_broker.start()
             rejoin = await wait_until(lambda: len(listener.events) > assignments, "rejoin")
             await aio(aio_produce, bootstrap, "cdc", [(None, b"new")] * 5, partition=0)
-            got: list = []
+            got: list[ConsumerRecord] = []
             with trio.move_on_after(2):
                 while True:
                     batch = await aio(consumer.getmany, timeout_ms=300)
