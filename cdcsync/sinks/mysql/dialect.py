@@ -100,6 +100,7 @@ class MysqlDialect:
         # Per (table as read from the catalog, kind, columns): the entry holds the TableInfo,
         # so a refreshed catalog (a new TableInfo) never meets a statement built for another.
         self._writes: dict[Hashable, tuple[TableInfo, str, tuple[Convert | None, ...]]] = {}
+        self._uniques: dict[str, list[str]] = {}  # table -> its unique indexes but the key
         route_driver_logs()
 
     # --- connections and errors ----------------------------------------------------------
@@ -274,8 +275,13 @@ class MysqlDialect:
                     f"checkpoint (fix: ALTER TABLE {sql.quote(schema)}.{sql.quote(actual)} "
                     f"ENGINE=InnoDB)"
                 )
-            keys = _key_candidates(indexes[actual], cols)
-            found[n] = TableInfo(schema, actual, cols, pick_key(keys) or (), refusal)
+            key = pick_key(_key_candidates(indexes[actual], cols)) or ()
+            found[n] = TableInfo(schema, actual, cols, key, refusal)
+            self._uniques[actual] = [
+                f"{index} ({', '.join(c for c, _ in parts)})"
+                for index, parts in indexes[actual].items()
+                if tuple(c for c, _ in parts) != key
+            ]
         return found
 
     def missing_key_fix(self, table: str) -> str:
@@ -342,7 +348,7 @@ class MysqlDialect:
             for chunk in _chunks(values, conn.budget):
                 await conn.prepared(stmt, (chunk,))
         except asyncmy.errors.Error as exc:
-            raise _explain(exc, table) from exc
+            raise _explain(exc, table, self._uniques.get(table.name, [])) from exc
 
     # --- dead letters ---------------------------------------------------------------------
 
@@ -475,7 +481,7 @@ def _key_candidates(
     return out
 
 
-def _explain(exc: asyncmy.errors.Error, table: TableInfo) -> BaseException:
+def _explain(exc: asyncmy.errors.Error, table: TableInfo, uniques: list[str]) -> BaseException:
     """The key guard's refusal in words: 1048 on a key column means the row the event met
     has another key (a conflict on another unique index), never a NULL key (those are
     dead-lettered before)."""
@@ -483,9 +489,11 @@ def _explain(exc: asyncmy.errors.Error, table: TableInfo) -> BaseException:
     message = str(exc.args[1]) if len(exc.args) > 1 else ""
     if code == 1048 and message == f"Column '{table.key[0]}' cannot be null":
         key = ", ".join(table.key)
+        where = f" (unique indexes: {'; '.join(uniques)})" if uniques else ""
         return BadValue(
-            f"1062: duplicate entry for another unique index of {table.schema}.{table.name}: "
-            f"the row there has another key ({key}); cdcsync does not overwrite it"
+            f"1062: duplicate entry in another unique index of {table.schema}.{table.name} "
+            f"than its key ({key}){where}: the row holding it has another key, and cdcsync "
+            f"does not overwrite another row"
         )
     return exc
 
