@@ -48,17 +48,46 @@ _STALE_CATALOG = frozenset({1146, 1054})  # unknown table / column: our cached c
 # A refused login cannot be cured by retrying: access denied (to the server, to the
 # database), an unsupported or expired authentication.
 _FATAL_CONNECT = frozenset({1045, 1044, 1698, 1251, 1862, 1820, 2059, 2061})
-_CONNECT_FIX = {
-    2003: "is the server running, and does the URL name its host and port?",
-    2002: "is the server running, and does the URL name its host and port?",
-    2005: "the host name does not resolve: correct the URL",
-    1045: "check the user and password in the URL (docs/operations.md lists the rights "
-    "cdcsync needs)",
-    1044: "GRANT the user its rights on the database (docs/operations.md)",
-    1049: "create the database, or correct the URL's database",
-    1251: "the server wants an authentication method the driver lacks (caching_sha2_password "
-    "needs TLS): give the user mysql_native_password",
-}
+# What a refused connection means, in plain words, and what to do (``check --connect``,
+# the flow's last error): (code, words in the message or "", meaning, fix).
+_CONNECT_FIXES = [
+    (
+        2003,
+        "refused",
+        "nothing accepts connections there",
+        "start MySQL, or correct host and port in 'url'",
+    ),
+    (
+        2003,
+        "Connect call failed",
+        "nothing accepts connections there",
+        "start MySQL, or correct host and port in 'url'",
+    ),
+    (2003, "not known", "the host name does not resolve", "correct the host in 'url'"),
+    (2003, "resolution", "the host name does not resolve", "correct the host in 'url'"),
+    (2003, "timed out", "no answer", "check host, port and firewall"),
+    (2005, "", "the host name does not resolve", "correct the host in 'url'"),
+    (1045, "", "the server refused the login", "correct the user name or password in 'url'"),
+    (1698, "", "the server refused the login", "correct the user name or password in 'url'"),
+    (
+        1044,
+        "",
+        "the user may not use this database",
+        "GRANT it the rights docs/operations.md lists",
+    ),
+    (
+        1049,
+        "",
+        "the server is up but has no such database",
+        "CREATE DATABASE {db}, or correct 'url'",
+    ),
+    (
+        1251,
+        "",
+        "the server wants an authentication the driver lacks",
+        "give the user mysql_native_password",
+    ),
+]
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -139,11 +168,13 @@ class MysqlDialect:
     def describe(self, exc: BaseException) -> str:
         code = error_code(exc)
         if code is not None:
-            message = exc.args[1] if len(exc.args) > 1 else ""
+            message = str(exc.args[1]) if len(exc.args) > 1 else ""
             text = f"{code}: {message}"
-            fix = _CONNECT_FIX.get(code)
-            if fix:
-                text += f" (fix: {fix})"
+            for known, words, meaning, fix in _CONNECT_FIXES:
+                if code == known and words in message:
+                    db = sql.quote(self.options.schema)
+                    text += f": {meaning} (fix: {fix.format(db=db)})"
+                    break
         elif isinstance(exc, BadValue):
             text = str(exc)
         else:

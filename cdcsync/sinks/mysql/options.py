@@ -13,6 +13,7 @@ from cdcsync.plugin import (
     CheckedStr,
     EnvBool,
     EnvEnum,
+    EnvInt,
     described,
     redact_url,
     url_secrets,
@@ -76,6 +77,7 @@ class MysqlOptions:
             "truncate": self.truncate,
             "state_schema": self.state_schema,
             "unmapped_tables": self.unmapped_tables,
+            "session_timeout_s": self.session_timeout_s,
         }
 
     def secrets(self) -> list[str]:
@@ -148,6 +150,7 @@ def parse_options(data: dict[str, Any]) -> MysqlOptions:
         truncate=data["truncate"],
         state_schema=state,
         unmapped_tables=data["unmapped_tables"],
+        session_timeout_s=data.get("session_timeout_s", 30),
     )
 
 
@@ -190,6 +193,13 @@ SCHEMA = {
         "the URL's database (if it exists); `dead_letter`: only mapped tables are written, "
         "other events are dead letters. Names starting with `cdcsync_` are never written.",
         example="dead_letter",
+    ),
+    sy.Optional("session_timeout_s", default=30): described(
+        EnvInt(3, 86_400),
+        "The writer's session ends this long after its client was last heard of (MySQL's "
+        "`wait_timeout`; cdcsync pings while idle): when the writer's host vanishes without "
+        "closing its connection, a standby takes over after about this long.",
+        example="60",
     ),
     sy.Optional("truncate", default=False): described(
         EnvBool(),
