@@ -104,3 +104,44 @@ def test_driver_warnings_are_cdcsync_log_lines(mysql_url: str, capsys: object) -
     found = [e for e in logs if e.get("message", "").startswith("Truncated incorrect")]
     assert found and found[0]["log_level"] == "warning", logs
     assert not logging.getLogger("asyncmy").propagate
+
+
+def test_a_user_with_the_documented_rights_can_sync(mysql_url: str, mysql_db: Db) -> None:
+    """The rights docs/operations.md lists for the MySQL user are enough: the state database
+    is created by cdcsync itself (CREATE on it), the conformance suite passes, and the user
+    can write nothing else."""
+    import trio
+
+    from cdcsync.bridge import open_bridge
+    from cdcsync.conformance import check_destination
+    from cdcsync.sinks.mysql import MysqlSink
+
+    user, state = f"{mysql_db.name}_u", f"{mysql_db.name}_state"
+    admin = mysqlread.with_database(mysql_url, mysql_db.name)
+    asyncio.run(
+        mysqlread.execute(
+            admin,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);"
+            "CREATE TABLE secret (id int PRIMARY KEY);"
+            f"CREATE USER '{user}'@'%' IDENTIFIED BY 'change-me';"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {mysql_db.name}.items TO '{user}'@'%';"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON {state}.* TO '{user}'@'%';",
+        )
+    )
+    try:
+        where = admin.replace("mysql://root@", f"mysql://{user}:change-me@")
+        options = MysqlOptions(url=where, state_schema=state)
+
+        async def conform() -> None:
+            async with open_bridge():
+                await check_destination(lambda: MysqlSink("c", "d", options), table="items")
+
+        trio.run(conform)
+        rows = asyncio.run(mysqlread.fetch(admin, "SELECT COUNT(*) FROM items"))
+        assert rows[0][0] == 29
+    finally:
+        asyncio.run(
+            mysqlread.execute(
+                admin, f"DROP USER IF EXISTS '{user}'@'%'; DROP DATABASE IF EXISTS {state}"
+            )
+        )

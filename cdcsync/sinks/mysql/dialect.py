@@ -347,13 +347,15 @@ class MysqlDialect:
         escape = conn.raw.escape
         cols = [table.columns[c] for c in table.key]
         literals = [[key_literal(k[c.name], c, escape) for c in cols] for k in keys]
-        budget, size, start = conn.budget, 0, 0
+        statements, start, size = [], 0, 0
         for i, row in enumerate(literals):
-            size += sum(len(v) + 4 for v in row)
-            if size > budget or i - start >= 1_000:
-                await conn.execute(sql.delete_sql(table, literals[start:i]))
-                start, size = i, sum(len(v) + 4 for v in row)
-        await conn.execute(sql.delete_sql(table, literals[start:]))
+            width = sum(len(v) + 4 for v in row)
+            if i > start and (size + width > conn.budget or i - start >= 1_000):
+                statements.append(sql.delete_sql(table, literals[start:i]))
+                start, size = i, 0
+            size += width
+        statements.append(sql.delete_sql(table, literals[start:]))
+        await _atomically(conn, [(s, None) for s in statements])
 
     async def write(
         self,
@@ -376,8 +378,7 @@ class MysqlDialect:
         else:
             values = [[r[c] for c in cols] for r in rows]
         try:
-            for chunk in _chunks(values, conn.budget):
-                await conn.prepared(stmt, (chunk,))
+            await _atomically(conn, [(stmt, (c,)) for c in _chunks(values, conn.budget)])
         except asyncmy.errors.Error as exc:
             raise _explain(exc, table, self._uniques.get(table.name, [])) from exc
 
@@ -494,6 +495,25 @@ class MysqlDialect:
             f"DELETE FROM {self._dl_table} WHERE flow = %s AND destination = %s AND failed_at < %s",
             (flow, dest, before),
         )
+
+
+async def _atomically(conn: Session, statements: list[tuple[str, tuple[Any, ...] | None]]) -> None:
+    """Run what is one statement for the shared core (a write or a delete that had to be
+    split under max_allowed_packet): all or nothing, with a savepoint when there are several
+    (the core runs a single statement without one, ``statement_atomic``)."""
+    if len(statements) == 1:
+        await _run(conn, *statements[0])
+        return
+    async with Transaction(conn):  # inside the batch's transaction: a savepoint
+        for text, args in statements:
+            await _run(conn, text, args)
+
+
+async def _run(conn: Session, text: str, args: tuple[Any, ...] | None) -> None:
+    if args is None:
+        await conn.execute(text)
+    else:
+        await conn.prepared(text, args)
 
 
 def _key_candidates(
