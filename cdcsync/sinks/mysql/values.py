@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import re
 import unicodedata
@@ -50,6 +51,7 @@ class BadValue(Exception):
     serialized): a data error for its event."""
 
 
+@functools.lru_cache(maxsize=1024)
 def base_type(column_type: str) -> str:
     """``int(11) unsigned`` -> ``int``; ``json`` for a column that takes JSON documents."""
     return column_type.split("(", 1)[0].split(" ", 1)[0]
@@ -69,7 +71,11 @@ def _number_text(value: str) -> bool:
 
 def _utc(value: str) -> str | None:
     """An ISO-8601 timestamp with an offset (or Z) as UTC wall time; None if it has none."""
-    if len(value) <= 19 or not (value[-1] in "Zz" or "+" in value[19:] or "-" in value[19:]):
+    if len(value) <= 19:
+        return None
+    if value[-1] in "Zz" and value[10] in "Tt ":
+        return value[:-1]  # UTC already (Debezium's and most producers' spelling): the fast path
+    if not ("+" in value[19:] or "-" in value[19:]):
         return None
     try:
         stamp = dt.datetime.fromisoformat(value)
