@@ -139,3 +139,31 @@ async def test_an_idle_writer_keeps_its_session_and_its_fence(env: Env, target: 
         await rival.close()
         await sink.close()
     assert await env.count("items") == 4
+
+
+async def test_dead_letters_are_listed_grouped_and_paged(
+    env: Env, nursery: trio.Nursery, target: str
+) -> None:
+    """The operator tools' view of MySQL's dead letters: newest first, grouped by reason with
+    values masked, a page of one reason, all through the destination protocol."""
+    await env.create_schema("CREATE TABLE items (id int PRIMARY KEY, qty int);")
+    bad = [envelope("items", "insert", {"id": i, "qty": f"x{i}"}) for i in range(1, 4)]
+    bad.append(envelope("nope", "insert", {"id": 9}))
+    async with env.running(env.config(), nursery):
+        await env.publish(env.subject() + ".x", bad)
+        await env.applied(len(bad))
+    sink = env.destination()
+    try:
+        letters = await sink.dead_letters(limit=10)
+        assert [d.stream_seq for d in letters] == [4, 3, 2, 1]
+        assert [d.payload for d in letters] == bad[::-1]
+        assert all(d.failed_at.tzinfo is not None for d in letters)
+        reasons = await sink.dead_letter_reasons()
+        assert reasons.total == 4
+        [values, unknown] = reasons.groups
+        assert (values.count, unknown.count) == (3, 1), reasons
+        assert values.reason.startswith("1366: Incorrect integer value: '…' for column"), values
+        page = await sink.dead_letters(limit=2, offset=1, reason=values.reason)
+        assert [d.stream_seq for d in page] == [2, 1]
+    finally:
+        await sink.close()

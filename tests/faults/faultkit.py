@@ -412,9 +412,9 @@ class Scenario:
         )
         return path
 
-    async def prepare(self) -> Any:
+    async def prepare(self, ddl: str = FAULT_DDL) -> Any:
         """Create the schema and the stream; the test's own NATS client, for it to close."""
-        await create_schema(self.pg_url, self.schema)
+        await create_schema(self.pg_url, self.schema, ddl)
         nc = await open_js(self.nats_url)
         try:
             await nc.jetstream().add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])

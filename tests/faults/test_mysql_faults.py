@@ -300,3 +300,44 @@ def test_statements_stay_under_a_small_max_allowed_packet(
                     url, f"DROP DATABASE IF EXISTS {unique}; DROP DATABASE {unique}_state"
                 )
             )
+
+
+@pytest.mark.slow
+def test_a_server_that_folds_table_names_finds_them_in_any_case(
+    nats_url: str, unique: str, tmp_path: Path
+) -> None:
+    """With lower_case_table_names=1 (Windows' and macOS's default) MySQL stores `Orders` as
+    `orders` and any spelling reaches it: events for `Orders` and `ORDERS` land there, as a
+    mapping onto `Orders` does; an unknown name is still a dead letter."""
+    with MariaDBServer(options=("--lower-case-table-names=1",)) as server:
+        server.create_database("test")
+        url = server.url
+        world = Scenario(nats_url, url, unique)
+        ddl = "CREATE TABLE Orders (id int PRIMARY KEY, v int);"
+        config = world.write_config(tmp_path, extra="        tables: {mapped: Orders}\n")
+        events = [
+            envelope("Orders", "insert", {"id": 1, "v": 1}),
+            envelope("ORDERS", "insert", {"id": 2, "v": 2}),
+            envelope("mapped", "insert", {"id": 3, "v": 3}),
+            envelope("Ordersx", "insert", {"id": 4, "v": 4}),
+        ]
+
+        async def scenario() -> None:
+            nc = await world.prepare(ddl)
+            try:
+                last = await publish(nc, world.prefix, [("orders", e) for e in events])
+                with Fleet(tmp_path) as fleet:
+                    proc = fleet.spawn(config, "cdcsync")
+                    await wait_for(
+                        lambda: flow_done(url, unique, last), 30, "the last event", alive=proc
+                    )
+                rows = await sql(url, f"SELECT id FROM {unique}.orders ORDER BY id")
+                assert [r[0] for r in rows] == [1, 2, 3]
+                letters = await sql(
+                    url, f"SELECT stream_seq, error FROM {unique}_state.dead_letters"
+                )
+                assert [(r[0], "unknown table" in r[1]) for r in letters] == [(4, True)]
+            finally:
+                await nc.close()
+
+        asyncio.run(scenario())

@@ -284,13 +284,16 @@ class MysqlDialect:
         cols_sql = sql.CATALOG_COLUMNS_MARIADB if conn.mariadb else sql.CATALOG_COLUMNS_MYSQL
         columns: dict[str, dict[str, Column]] = {t: {} for t in tables}
         for r in await conn.rows(cols_sql.format(names=marks), [schema, *tables]):
+            if r[0] not in columns:
+                continue  # a view of a matching name (a collation that folds case)
             nested = bool(r[7])
             columns[r[0]][r[1]] = Column(
                 r[1], "json" if nested else r[2], bool(r[4]), bool(r[5]), bool(r[6]), nested
             )
         indexes: dict[str, dict[str, list[tuple[str, bool]]]] = {t: {} for t in tables}
         for r in await conn.rows(sql.CATALOG_KEYS.format(names=marks), [schema, *tables]):
-            indexes[r[0]].setdefault(r[1], []).append((r[2], bool(r[3])))
+            if r[0] in indexes:
+                indexes[r[0]].setdefault(r[1], []).append((r[2], bool(r[3])))
         found: dict[str, TableInfo] = {}
         by_name = {(t.lower() if fold else t): t for t in tables}
         for n in wanted:

@@ -101,9 +101,9 @@ def converter(col: Column) -> Convert | None:
             if isinstance(v, bool):
                 return int(v) if boolean else v  # the server refuses 'true' (1366)
             if isinstance(v, (float, decimal.Decimal)):
-                raise BadValue(f"{v} is not an integer (column {name!r} is {col.type})")
+                raise BadValue(f"not an integer: {v} (column {name!r} is {col.type})")
             if isinstance(v, str) and _INT_TEXT.fullmatch(v) is None and _number_text(v):
-                raise BadValue(f"{v!r} is not an integer (column {name!r} is {col.type})")
+                raise BadValue(f"not an integer: {v!r} (column {name!r} is {col.type})")
             return v
 
         return integer
@@ -124,7 +124,7 @@ def converter(col: Column) -> Convert | None:
                 return _utc(v) or v
             if isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool):
                 # MySQL reads 20260101 as a date; PostgreSQL refuses a number.
-                raise BadValue(f"{v} is a number, not a {kind} (column {name!r})")
+                raise BadValue(f"a number, not a {kind}: {v} (column {name!r})")
             return v
 
         return temporal
@@ -227,7 +227,7 @@ def key_literal(value: Any, col: Column, escape: Callable[[Any], str]) -> str:
         if isinstance(value, bool) or not (
             type(value) is int or (isinstance(value, str) and _INT_TEXT.fullmatch(value))
         ):
-            raise BadValue(f"key {value!r} is not an integer (column {col.name!r} is {col.type})")
+            raise BadValue(f"key not an integer: {value!r} (column {col.name!r} is {col.type})")
         return str(int(value))
     if kind in _NUMERIC:
         try:
@@ -235,14 +235,14 @@ def key_literal(value: Any, col: Column, escape: Callable[[Any], str]) -> str:
         except ArithmeticError:
             number = None
         if isinstance(value, bool) or number is None or not number.is_finite():
-            raise BadValue(f"key {value!r} is not a number (column {col.name!r} is {col.type})")
+            raise BadValue(f"key not a number: {value!r} (column {col.name!r} is {col.type})")
         return escape(str(number))
     if isinstance(value, bool):
         value = "true" if value else "false"
     elif isinstance(value, (int, float, decimal.Decimal)):
         value = str(value)
     if not isinstance(value, str):
-        raise BadValue(f"key {value!r} is not a scalar (column {col.name!r})")
+        raise BadValue(f"key not a scalar: {value!r} (column {col.name!r})")
     return escape(value)
 
 
