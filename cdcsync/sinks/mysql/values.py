@@ -206,7 +206,7 @@ def canonical_key(value: Any, column_type: str) -> Any:
             if isinstance(value, (int, float, decimal.Decimal)):
                 return _fold(str(value))
         elif kind in _TIMESTAMPS and isinstance(value, str):
-            return ("t", _utc(value) or value.replace("T", " ", 1))
+            return ("t", (_utc(value) or value).replace("T", " ", 1).replace("t", " ", 1))
     except (ArithmeticError, ValueError):
         pass
     return (type(value).__name__, value) if not isinstance(value, str) else value
