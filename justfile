@@ -41,10 +41,11 @@ lint:
 bench *args:
     scripts/dev bench {{args}}
 
-# chaos soak, row by row against a model, on its own servers; ~10 min (see tests/soak/soak.py)
-soak seeds="1 2 3" events="100000" max_seconds="180":
+# chaos soak, row by row against a model, on its own servers; ~10 min (see tests/soak/soak.py);
+# `just soak target=mysql` soaks the MySQL destination (a throwaway MariaDB)
+soak seeds="1 2 3" events="100000" max_seconds="180" target="postgres":
     scripts/dev install
-    .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}}
+    .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}} --target {{target}}
 
 # regenerate docs/reference/configuration.md from the schema (a test fails when it is stale)
 docs:

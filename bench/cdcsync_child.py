@@ -79,11 +79,12 @@ def config_yaml(spec: dict[str, Any]) -> str:
             "    destinations:",
         ]
         for d in f["destinations"]:
+            kind = d.get("type", "postgres")
             lines += [
                 f"      - name: {d['name']}",
-                "        type: postgres",
+                f"        type: {kind}",
                 f"        url: {json.dumps(d['url'])}",
-                f"        schema: {d['schema']}",
+                *([] if kind == "mysql" else [f"        schema: {d['schema']}"]),
                 f"        state_schema: {d['schema']}_state",
                 "        conflict_resolution: upsert",
             ]

@@ -14,6 +14,8 @@ One run pre-fills fresh JetStream streams with realistic change events (see
   steady 10,000/s; publish-to-write latency percentiles read back from the rows;
 - ``naive``, ``pg-limit``, ``nats-limit``: a naive loop and the two servers' own
   limits (``baselines.py``);
+- ``mysql``, ``mysql-limit``, ``mysql-naive``: cdcsync into MySQL/MariaDB next to the
+  driver's own best loop and a naive loop (``mysql_phases.py``);
 - ``sweep``: the single flow again at batch max_size 100 to 5000 (not in ``--quick``).
 
 Every writer's destination is checked against the expected state (row count and a
@@ -40,7 +42,8 @@ from typing import Any
 
 import workload as wl  # bench/ is on sys.path: this file is run as a script
 from cpu import local_server_pid, wait_quiet
-from phases import FLOWS, PHASES, Phases, Run, cleanup, pg_execute, prefill
+from mysql_phases import mysql_facts
+from phases import FLOWS, MYSQL_PHASES, PHASES, Phases, Run, cleanup, pg_execute, prefill
 from report import TARGETS, code_fingerprint, format_table, machine_facts, summarize
 
 from cdcsync.progress import Progress
@@ -51,7 +54,18 @@ assert "trio_asyncio" not in sys.modules, "the baselines must run on plain async
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHASES = PHASES[:-1]  # and the sweep, when --sweep names batch sizes
-REPEATED = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit")
+REPEATED = (
+    "cdcsync",
+    "flows3",
+    "fanout",
+    "latency",
+    "naive",
+    "pg-limit",
+    "nats-limit",
+    "mysql",
+    "mysql-limit",
+    "mysql-naive",
+)
 
 # --- main ----------------------------------------------------------------------------------
 
@@ -68,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="results file (default bench/results/e2e-<timestamp>.json)")
     p.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306/test")
     p.add_argument("--batch-size", type=int, default=2000, help="cdcsync max_size and pg chunk")
     p.add_argument("--max-delay-ms", type=int, default=50)
     p.add_argument("--max-ack-pending", type=int, default=20_000)
@@ -181,6 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts(args.pg_url)
     run.pids = (local_server_pid(args.pg_url, 5432), local_server_pid(args.nats_url, 4222))
     facts["server_pids_found"] = {"postgres": bool(run.pids[0]), "nats": bool(run.pids[1])}
+    if set(args.phases) & set(MYSQL_PHASES):
+        try:
+            facts["mysql"] = asyncio.run(mysql_facts(args.mysql_url))
+        except Exception as exc:
+            if args.only:
+                raise
+            # The default run goes on without them; naming them with --only insists.
+            print(f"MySQL at {args.mysql_url} not usable ({exc!r}): skipping the MySQL phases")
+            args.phases = [p for p in args.phases if p not in MYSQL_PHASES]
+        run.mysql_pid = local_server_pid(args.mysql_url, 3306)
+        facts["server_pids_found"]["mysql"] = bool(run.mysql_pid)
     print(
         f"machine: {facts['nproc']} CPUs ({facts['cpu_model']}), load average "
         f"{' '.join(str(x) for x in facts['load_average'])}, Python {facts['python']}, "
@@ -195,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     phases: Phases | None = None
     try:
         streams = []
-        if set(args.phases) & {"cdcsync", "fanout", "naive", "nats-limit", "sweep"}:
+        readers = {"cdcsync", "fanout", "naive", "nats-limit", "sweep", "mysql", "mysql-naive"}
+        if set(args.phases) & readers:
             streams.append((run.stream, run.subject, work.payloads))
         if "flows3" in args.phases:
             parts = wl.split_by_key(work, FLOWS)
@@ -219,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             "naive": phases.naive,
             "pg-limit": phases.pg_limit,
             "nats-limit": phases.nats_limit,
+            "mysql": phases.mysql,
+            "mysql-limit": phases.mysql_limit,
+            "mysql-naive": phases.mysql_naive,
             "sweep": phases.sweep,
         }
         plan = schedule(args)

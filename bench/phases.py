@@ -22,13 +22,34 @@ import nats
 import workload as wl
 from baselines import run_naive, run_nats_limit, run_pg_limit
 from cpu import CpuMeter
+from mysql_phases import (
+    create_database,
+    drop_databases,
+    run_mysql_limit,
+    run_mysql_naive,
+    verify_mysql,
+    with_database,
+)
 from runner import publish_paced, run_child
 
 from cdcsync.progress import Progress
 
-__all__ = ["FLOWS", "PHASES", "Phases", "Run", "cleanup", "pg_execute", "prefill"]
+__all__ = ["FLOWS", "MYSQL_PHASES", "PHASES", "Phases", "Run", "cleanup", "pg_execute", "prefill"]
 
-PHASES = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit", "sweep")
+PHASES = (
+    "cdcsync",
+    "flows3",
+    "fanout",
+    "latency",
+    "naive",
+    "pg-limit",
+    "nats-limit",
+    "mysql",
+    "mysql-limit",
+    "mysql-naive",
+    "sweep",
+)
+MYSQL_PHASES = ("mysql", "mysql-limit", "mysql-naive")
 FLOWS = 3
 
 
@@ -49,7 +70,9 @@ class Run:
         self.fanout_db = f"{self.uid}_fanout"
         self.nats_url: str = args.nats_url
         self.pg_url: str = args.pg_url
+        self.mysql_url: str = args.mysql_url
         self.pids: tuple[int | None, int | None] = (None, None)
+        self.mysql_pid: int | None = None
 
     def schema(self, phase: str) -> str:
         return f"{self.uid}_{phase.replace('-', '_')}"
@@ -98,8 +121,10 @@ def flow_spec(
     }
 
 
-def dest_spec(name: str, url: str, schema: str, tables: dict[str, str] | None = None) -> Any:
-    return {"name": name, "url": url, "schema": schema, "tables": tables or {}}
+def dest_spec(
+    name: str, url: str, schema: str, tables: dict[str, str] | None = None, kind: str = "postgres"
+) -> Any:
+    return {"name": name, "type": kind, "url": url, "schema": schema, "tables": tables or {}}
 
 
 async def pg_execute(url: str, script: str) -> None:
@@ -226,6 +251,12 @@ async def cleanup(run: Run) -> None:
     )
     await pg_execute(run.pg_url, drops)
     await pg_execute(run.pg_url, f"DROP DATABASE IF EXISTS {run.fanout_db} WITH (FORCE)")
+    if set(run.args.phases) & set(MYSQL_PHASES):
+        try:
+            dbs = [run.schema(p) for p in MYSQL_PHASES]
+            await drop_databases(run.mysql_url, dbs + [f"{d}_state" for d in dbs])
+        except Exception as exc:
+            print(f"cleanup: cannot drop the MySQL databases: {exc!r}", file=sys.stderr)
 
 
 # --- latency -------------------------------------------------------------------------------
@@ -487,6 +518,48 @@ class Phases:
             seconds = asyncio.run(run_pg_limit(run.pg_url, run.table("pg-limit"), self.plans))
         check = asyncio.run(verify(run.pg_url, [run.table("pg-limit")], self.expected))
         return result("pg-limit", self.a.events, seconds, cpu.as_dict(), verify=check)
+
+    def mysql(self, attempt: int) -> dict[str, Any]:
+        """cdcsync draining the backlog into MySQL, as ``cdcsync`` does into PostgreSQL."""
+        run = self.run
+        db = run.schema("mysql")
+        asyncio.run(create_database(run.mysql_url, db))
+        last = self.fill["last_seq"][run.stream]
+        dest = dest_spec("my", with_database(run.mysql_url, db), db, kind="mysql")
+        durable = f"{run.uid}-mysql-{attempt}"
+        flow = flow_spec("bench", run.stream, run.subject, durable, last, [dest])
+        r = run_child(run.spec([flow], self.timeout, pg_pid=run.mysql_pid))
+        check = asyncio.run(verify_mysql(run.mysql_url, f"{db}.users", self.expected))
+        return child_result("mysql", self.a.events, r, verify=check)
+
+    def mysql_limit(self, attempt: int) -> dict[str, Any]:
+        run = self.run
+        db = run.schema("mysql-limit")
+        asyncio.run(create_database(run.mysql_url, db))
+        with CpuMeter(run.mysql_pid, run.pids[1]) as cpu:
+            seconds, loop = asyncio.run(run_mysql_limit(run.mysql_url, f"{db}.users", self.plans))
+        check = asyncio.run(verify_mysql(run.mysql_url, f"{db}.users", self.expected))
+        return result("mysql-limit", self.a.events, seconds, cpu.as_dict(), loop=loop, verify=check)
+
+    def mysql_naive(self, attempt: int) -> dict[str, Any]:
+        run = self.run
+        db = run.schema("mysql-naive")
+        asyncio.run(create_database(run.mysql_url, db))
+        durable = f"{run.uid}-mysql-naive-{attempt}"
+        with CpuMeter(run.mysql_pid, run.pids[1]) as cpu:
+            seconds = asyncio.run(
+                run_mysql_naive(
+                    run.nats_url,
+                    run.mysql_url,
+                    run.stream,
+                    run.subject,
+                    durable,
+                    f"{db}.users",
+                    self.naive_count,
+                )
+            )
+        check = asyncio.run(verify_mysql(run.mysql_url, f"{db}.users", self.expected_naive))
+        return result("mysql-naive", self.naive_count, seconds, cpu.as_dict(), verify=check)
 
     def nats_limit(self, attempt: int) -> dict[str, Any]:
         run = self.run

@@ -34,6 +34,7 @@ TARGETS = {
     "max_rss_mb": 200.0,  # while draining the whole backlog
     "rss_growth": 0.10,  # "flat": RSS at 75 % of the drain at most 10 % above RSS at 25 %
     "first_commit_s": 2.0,  # process start to the first committed batch
+    "mysql_vs_limit": 0.5,  # into MySQL: at least half of the driver's own best loop
 }
 
 
@@ -54,7 +55,7 @@ _COLUMNS = [
     ("vs_naive", "vs naive", ">"),
     ("vs_limit", "vs limit", ">"),
     ("vs_one_flow", "vs 1 flow", ">"),
-    ("cpu", "cpu s own/pg/nats/rest", ">"),
+    ("cpu", "cpu s own/db/nats/rest", ">"),
     ("target", "target", "<"),
     ("result", "result", "<"),
 ]
@@ -111,7 +112,7 @@ def machine_facts(pg_url: str) -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("nats-py", "asyncpg", "trio", "trio-asyncio", "orjson", "structlog"):
+    for dist in ("nats-py", "asyncpg", "asyncmy", "trio", "trio-asyncio", "orjson", "structlog"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -161,6 +162,9 @@ LABELS = {
     "naive": "naive loop (prefix of the stream)",
     "pg-limit": "pg-limit (PostgreSQL alone)",
     "nats-limit": "nats-limit (nats-py alone)",
+    "mysql": "cdcsync, 1 flow -> MySQL",
+    "mysql-naive": "mysql-naive loop (prefix of the stream)",
+    "mysql-limit": "mysql-limit (asyncmy's best loop alone)",
 }
 
 
@@ -227,6 +231,38 @@ def summarize(
             "ratio_vs_naive": _ratio(e, naive, 2),
             "ratio_vs_limit": _ratio(e, limit),
             "ratio_vs_one_flow": _ratio(e, one),
+            "runs": [x["events_per_s"] for x in runs[name]],
+        }
+    # MySQL: compared with its own naive loop and its own limit (the driver's best loop).
+    my_naive, my_limit = eps.get("mysql-naive"), eps.get("mysql-limit")
+    for name in ("mysql", "mysql-naive", "mysql-limit"):
+        r = best.get(name)
+        if r is None:
+            continue
+        e = r["events_per_s"]
+        line = Line(
+            measurement=LABELS[name] + (f": {r['loop']}" if r.get("loop") else ""),
+            events=r["events"],
+            seconds=r["seconds"],
+            figure=f"{e:,.0f} ev/s",
+            vs_naive=_ratio(e, my_naive, 2),
+            vs_limit=_ratio(e, my_limit),
+            vs_one_flow=_ratio(e, one) if name == "mysql" else None,
+            cpu=_cpu(r),
+        )
+        ratio = _ratio(e, my_limit)
+        if name == "mysql" and ratio is not None:
+            goal = TARGETS["mysql_vs_limit"]
+            line["target"] = f">= {goal:.1f} x mysql-limit"
+            line["result"] = target(
+                "MySQL throughput vs the driver's best loop", ratio, "ratio", line["target"],
+                ratio >= goal,
+            )  # fmt: skip
+        lines.append(line)
+        throughput[name] = {
+            "events_per_s": e,
+            "ratio_vs_naive": _ratio(e, my_naive, 2),
+            "ratio_vs_limit": ratio,
             "runs": [x["events_per_s"] for x in runs[name]],
         }
     sweep = [r for name, rs in runs.items() if name.startswith("batch ") for r in rs]

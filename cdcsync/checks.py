@@ -148,7 +148,11 @@ async def connect_problems(config: Config) -> list[str]:
                     found = [f"destination {dest.name!r}: no answer within 15 s"]
                 problems.extend(
                     f"{config.path}:{dest.line}: flow {flow.name!r}: "
-                    + (_explain(p, _PG_FIXES) if p.startswith("cannot connect") else p)
+                    + (
+                        _explain(p, _PG_FIXES)
+                        if dest.type == "postgres" and p.startswith("cannot connect")
+                        else p  # other destinations say what it means themselves
+                    )
                     for p in found
                 )
     return problems

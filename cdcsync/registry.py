@@ -42,7 +42,10 @@ class ComponentSpec:
 
 _BUILTIN = {
     "source": {"nats": "cdcsync.sources.nats:SPEC"},
-    "destination": {"postgres": "cdcsync.sinks.postgres:SPEC"},
+    "destination": {
+        "postgres": "cdcsync.sinks.postgres:SPEC",
+        "mysql": "cdcsync.sinks.mysql:SPEC",
+    },
 }
 _GROUPS = {"source": "cdcsync.sources", "destination": "cdcsync.destinations"}
 _cache: dict[str, dict[str, ComponentSpec]] = {}

@@ -59,20 +59,37 @@ def unique() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(params=["postgres", "mysql"])
+def target(request: pytest.FixtureRequest) -> str:
+    """The destination database a test runs against: a test that takes this fixture runs
+    once against PostgreSQL and once against MySQL/MariaDB (`env` follows it)."""
+    if request.param == "mysql":
+        request.getfixturevalue("mysql_url")  # here, before any event loop runs
+    return str(request.param)
+
+
 @pytest.fixture
-async def env(nats_url: str, pg_url: str, unique: str):  # type: ignore[no-untyped-def]
-    """A test's world (see harness.Env) with an asyncio loop bridged onto Trio."""
+async def env(nats_url: str, pg_url: str, unique: str, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A test's world (see harness.Env) with an asyncio loop bridged onto Trio. Its
+    destination is PostgreSQL unless the test takes the `target` fixture."""
     from harness import Env
 
     from cdcsync.bridge import open_bridge
 
+    kind = request.getfixturevalue("target") if "target" in request.fixturenames else "postgres"
+    mysql_url = request.getfixturevalue("mysql_url") if kind == "mysql" else ""
     async with open_bridge():
-        world = Env(nats_url, pg_url, unique)
+        world = Env(nats_url, pg_url, unique, target=kind, mysql_url=mysql_url)
         try:
             yield world
         finally:
             await world.close()
-            await world.execute(
-                f"DROP SCHEMA IF EXISTS {unique} CASCADE; "
-                f"DROP SCHEMA IF EXISTS {unique}_state CASCADE"
-            )
+            if kind == "mysql":
+                await world.execute(
+                    f"DROP DATABASE IF EXISTS {unique}; DROP DATABASE IF EXISTS {unique}_state"
+                )
+            else:
+                await world.execute(
+                    f"DROP SCHEMA IF EXISTS {unique} CASCADE; "
+                    f"DROP SCHEMA IF EXISTS {unique}_state CASCADE"
+                )

@@ -1,11 +1,16 @@
-"""Trio-side helpers for end-to-end tests: real NATS, real PostgreSQL, cdcsync in-process.
+"""Trio-side helpers for end-to-end tests: real NATS, real PostgreSQL or MySQL, cdcsync
+in-process.
 
 `Env` names everything after the test's `unique` id (stream, subjects, durable,
-schema), so tests share the servers without seeing each other's data.
+schema), so tests share the servers without seeing each other's data. Its destination is
+PostgreSQL, or the `target` a test asks for (the `target` fixture: each test that takes it
+runs against PostgreSQL and against MySQL/MariaDB): `flow_yaml` configures it, and `sql`,
+`rows`, `dead_letters`, `applied` read it back the same way for both (mysqlread.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,15 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import mysqlread
 import nats
 import orjson
 import trio
 
 from cdcsync import config as cfg
+from cdcsync import registry
 from cdcsync.app import Service
 from cdcsync.bridge import aio
 
-__all__ = ["Env", "Running", "SseRead", "envelope", "read_sse", "wait_until"]
+__all__ = ["TARGETS", "Env", "Running", "SseRead", "envelope", "read_sse", "wait_until"]
+
+TARGETS = ("postgres", "mysql")  # the destinations the `target` fixture runs a test against
 
 
 def envelope(table: str, op: str, data: dict[str, Any], **extra: Any) -> bytes:
@@ -74,8 +83,21 @@ class Env:
     nats_url: str
     pg_url: str
     unique: str
+    target: str = "postgres"  # the destination's database: postgres or mysql
+    mysql_url: str = ""  # the shared MariaDB (target mysql)
     _pg: list[asyncpg.Connection] = field(default_factory=list)
     _nc: Any = None
+
+    @property
+    def mysql(self) -> bool:
+        return self.target == "mysql"
+
+    @property
+    def dest_url(self) -> str:
+        """The destination's URL (for MySQL it names the test's database)."""
+        if self.mysql:
+            return mysqlread.with_database(self.mysql_url, self.schema)
+        return self.pg_url
 
     @property
     def schema(self) -> str:
@@ -93,7 +115,24 @@ class Env:
     def subject(self, flow: str = "f") -> str:
         return f"{self.unique}.{flow}"
 
-    async def sql(self, query: str, *args: Any, url: str | None = None) -> list[asyncpg.Record]:
+    def destination(self, flow: str = "f", name: str = "primary", **options: Any) -> Any:
+        """A destination object of the test's target, as a flow's configuration would build it."""
+        spec = registry.destinations()[self.target]
+        data: dict[str, Any] = {
+            "url": self.dest_url,
+            "state_schema": self.state,
+            "conflict_resolution": "upsert",
+            "truncate": False,
+            "unmapped_tables": "apply",
+            **({} if self.mysql else {"schema": self.schema}),
+            **options,
+        }
+        return spec.factory(flow, name, spec.parse(data))
+
+    async def sql(self, query: str, *args: Any, url: str | None = None) -> list[Any]:
+        """Rows of one query (``$1`` placeholders, ``"quoted"`` identifiers for both)."""
+        if self.mysql:
+            return await aio(mysqlread.fetch, url or self.mysql_url, query, *args)
         conn = await aio(asyncpg.connect, url or self.pg_url)
         try:
             return await aio(conn.fetch, query, *args)
@@ -101,11 +140,43 @@ class Env:
             await aio(conn.close)
 
     async def execute(self, script: str, url: str | None = None) -> None:
+        if self.mysql:
+            await aio(mysqlread.execute, url or self.mysql_url, script)
+            return
         conn = await aio(asyncpg.connect, url or self.pg_url)
         try:
             await aio(conn.execute, script)
         finally:
             await aio(conn.close)
+
+    async def execute_in_schema(self, script: str) -> None:
+        """Run ``script`` with the test's schema as the default one."""
+        if self.mysql:
+            await self.execute(script, url=self.dest_url)
+        else:
+            await self.execute(f"SET search_path = {self.schema};" + script)
+
+    def url_in_schema(self) -> str:
+        """A URL whose unqualified table names are the test's schema's."""
+        if self.mysql:
+            return self.dest_url
+        return f"{self.pg_url}?search_path={self.schema}"
+
+    async def tables(self, schema: str | None = None) -> list[str]:
+        """The tables and views of ``schema`` (default: the test's), sorted."""
+        if self.mysql:
+            rows = await self.sql(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = $1 "
+                "ORDER BY 1",
+                schema or self.schema,
+            )
+        else:
+            rows = await self.sql(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY 1",
+                schema or self.schema,
+            )
+        return [r[0] for r in rows]
 
     async def rows(
         self, table: str, url: str | None = None, order: str = "id"
@@ -119,7 +190,11 @@ class Env:
 
     async def dead_letters(self, url: str | None = None) -> list[dict[str, Any]]:
         records = await self.sql(f"SELECT * FROM {self.state}.dead_letters ORDER BY id", url=url)
-        return [dict(r) for r in records]
+        letters = [dict(r) for r in records]
+        if self.mysql:  # stored as UTC wall time: aware, as PostgreSQL's timestamptz
+            for d in letters:
+                d["failed_at"] = d["failed_at"].replace(tzinfo=dt.UTC)
+        return letters
 
     async def applied(
         self, seq: int, flow: str = "f", dest: str = "primary", timeout: float = 15.0
@@ -137,12 +212,28 @@ class Env:
 
         await wait_until(check, timeout, what=f"checkpoint of {flow}/{dest} reaching {seq}")
 
-    async def create_schema(self, ddl: str = "", url: str | None = None) -> None:
+    async def create_schema(
+        self, ddl: str = "", url: str | None = None, name: str | None = None
+    ) -> None:
+        """(Re)create the test's schema (or ``name``), then run ``ddl`` in it."""
+        name = name or self.schema
+        if self.mysql:
+            await self.execute(
+                f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}; USE {name};" + ddl,
+                url=url,
+            )
+            return
         await self.execute(
-            f"DROP SCHEMA IF EXISTS {self.schema} CASCADE; CREATE SCHEMA {self.schema};"
-            f"SET search_path = {self.schema};" + ddl,
+            f"DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
+            f"SET search_path = {name};" + ddl,
             url=url,
         )
+
+    async def drop_schema(self, name: str) -> None:
+        if self.mysql:
+            await self.execute(f"DROP DATABASE IF EXISTS {name}")
+        else:
+            await self.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
     async def nc(self) -> Any:
         if self._nc is None:
@@ -200,9 +291,16 @@ class Env:
             if jetstream
             else ""
         )
-        dests = destinations or [("primary", self.pg_url)]
+        dests = destinations or [("primary", self.dest_url)]
         dest_yaml = "".join(
             f"""
+      - name: {dname}
+        type: mysql
+        url: "{durl}"
+        state_schema: {self.state}
+        conflict_resolution: {mode}{extra_dest}"""
+            if durl.startswith("mysql")
+            else f"""
       - name: {dname}
         type: postgres
         url: "{durl}"

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcsync.events import ChangeEvent, Op
+from cdcsync.sinks.tables import TableInfo
 
-__all__ = ["KeyOp", "Kind", "Mode", "TablePlan", "plan"]
+__all__ = ["KeyOp", "Kind", "Mode", "Statement", "TablePlan", "plan", "statements"]
 
 
 class Mode(enum.Enum):
@@ -57,8 +58,8 @@ class TablePlan:
 def key_op(ev: ChangeEvent, mode: Mode) -> KeyOp | None:
     """The statement for one event under the destination's conflict mode (None: no-op)."""
     op = ev.op
-    if op is Op.DELETE:
-        return KeyOp(Kind.DELETE, {})
+    if op is Op.DELETE:  # its key as the event spelt it, for the delete statement
+        return KeyOp(Kind.DELETE, ev.data)
     if mode is Mode.UPSERT:
         return KeyOp(Kind.MERGE, ev.data)
     if mode is Mode.REPLACE:
@@ -97,3 +98,64 @@ def plan(
             table_plan.ops[key] = op
     steps.extend(waves)
     return steps
+
+
+@dataclass(slots=True)
+class Statement:
+    """One set-based statement for a table: a truncate, a delete of ``keys``, or a write of
+    ``rows`` (each holding ``cols``) of one kind."""
+
+    table: TableInfo
+    truncate: bool = False
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    kind: Kind | None = None
+    cols: tuple[str, ...] = ()
+    keep: frozenset[str] = frozenset()
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def statements(
+    events: Iterable[tuple[TableInfo, Hashable, ChangeEvent]], mode: Mode
+) -> list[Statement]:
+    """The statements for ``(table, key, event)`` triples in stream order, in the order to run.
+
+    Per step: truncates, then deletes (tables in reverse order of first appearance, so that
+    a unique value moved from one key to another within a step does not collide), then the
+    writes per table, kind and column set (columns in table order). A delete carries the
+    key as its own event spelt it: a dialect's canonical key may fold spellings that are
+    different rows (it only has to keep one row's events in order).
+    """
+    events = list(events)
+    tables: dict[str, TableInfo] = {}
+    for info, _key, _ev in events:
+        tables.setdefault(info.name, info)
+    out: list[Statement] = []
+    for step in plan(((info.name, key, ev) for info, key, ev in events), mode):
+        order = [name for name in tables if name in step]
+        for name in order:
+            if step[name].truncate:
+                out.append(Statement(tables[name], truncate=True))
+        for name in reversed(order):
+            key = tables[name].key
+            ops = step[name].ops.values()
+            keys = [{c: op.cols[c] for c in key} for op in ops if op.kind is Kind.DELETE]
+            if keys:
+                out.append(Statement(tables[name], keys=keys))
+        for name in order:
+            info = tables[name]
+            groups: dict[_Shape, list[dict[str, Any]]] = {}
+            ordered: dict[frozenset[str], tuple[str, ...]] = {}  # column set -> table order
+            for op in step[name].ops.values():
+                if op.kind is Kind.DELETE:
+                    continue
+                shape = frozenset(op.cols)
+                cols = ordered.get(shape)
+                if cols is None:
+                    cols = ordered[shape] = tuple(c for c in info.columns if c in shape)
+                groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
+            for (kind, cols, keep), rows in groups.items():
+                out.append(Statement(info, kind=kind, cols=cols, keep=keep, rows=rows))
+    return out
+
+
+_Shape = tuple[Kind, tuple[str, ...], frozenset[str]]

@@ -22,6 +22,8 @@ _MASKS = (
     (re.compile(r"=\([^)]*\)"), "=(…)"),  # a key's values: Key (email)=(…) already exists
     (re.compile(r"Failing row contains \(.*?\)\."), "Failing row contains (…)."),
     (re.compile(r'(: |value )"[^"]*"'), r'\1"…"'),  # a quoted value: for type integer: "…"
+    # MySQL quotes values with single quotes: Incorrect integer value: '…', Duplicate entry '…'
+    (re.compile(r"(: |entry )'[^']*'"), r"\1'…'"),
     (re.compile(r"(\W)(-?\d+(\.\d+)?|0x[0-9a-fA-F]+)\b"), r"\1…"),  # numbers, bytes, positions
 )
 

@@ -67,12 +67,14 @@ class Resolver:
         truncate: bool,
         unmapped: str,
         canonical_key: Callable[[Any, str], Any],
+        nested_columns: str = "json, jsonb, array and composite columns",
     ) -> None:
         self.schema = schema
         self.mapping = dict(mapping)
         self.truncate = truncate
         self.unmapped_allowed = unmapped == "apply"
         self.canonical_key = canonical_key
+        self.nested_columns = nested_columns  # which columns take arrays and objects, in words
         self._mapped = frozenset(self.mapping.values())
 
     def target(self, table: str) -> str | None:
@@ -139,6 +141,9 @@ class Resolver:
                 shown = f"{ev.table!r}" + (f" (mapped to {target!r})" if target != ev.table else "")
                 dead.append((item, f"unknown table {shown} in schema {schema!r}"))
                 continue
+            if info.refusal:
+                dead.append((item, f"table {schema}.{target} {info.refusal}"))
+                continue
             if not info.key:
                 dead.append(
                     (item, f"table {schema}.{target} has no primary key or usable unique index")
@@ -194,8 +199,8 @@ class Resolver:
                     (
                         item,
                         f"column {nested!r} of {schema}.{target} is {cols[nested].type}: "
-                        f"{kind} cannot be stored there (only json, jsonb, array and "
-                        f"composite columns take JSON arrays and objects)",
+                        f"{kind} cannot be stored there (only {self.nested_columns} "
+                        f"take JSON arrays and objects)",
                     )
                 )
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -25,10 +25,9 @@ import structlog
 from cdcsync.bridge import aio
 from cdcsync.config import redact_url
 from cdcsync.errors import FatalSinkError, RetryableSinkError
-from cdcsync.events import Op
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.plugin import DeadLetter, Decoder, Reasons, ReplayResult
-from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
+from cdcsync.sinks.compaction import Kind, Mode, Statement, statements
 from cdcsync.sinks.reasons import WINDOW, group, mask
 from cdcsync.sinks.resolve import Resolution, Resolved, Resolver
 from cdcsync.sinks.tables import TableInfo
@@ -85,7 +84,14 @@ class SqlOptions(Protocol):
 
 
 class Dialect(Protocol):
-    """What differs between SQL databases. Every coroutine runs on asyncio."""
+    """What differs between SQL databases. Every coroutine runs on asyncio.
+
+    Optional attributes (read with defaults, so older dialects keep working):
+    ``statement_atomic`` (default False): a statement that fails undoes only itself and
+    leaves the transaction usable (MySQL), so isolating bad events needs no savepoint
+    around a single statement; ``nested_columns`` (default PostgreSQL's words): which
+    columns take JSON arrays and objects, for the dead letter of one that does not.
+    """
 
     label: str  # "PostgreSQL", "MySQL": in messages
 
@@ -207,7 +213,11 @@ class SqlDestination:
             truncate=options.truncate,
             unmapped=options.unmapped_tables,
             canonical_key=dialect.canonical_key,
+            nested_columns=getattr(
+                dialect, "nested_columns", "json, jsonb, array and composite columns"
+            ),
         )
+        self._atomic = bool(getattr(dialect, "statement_atomic", False))
         # Why the last connection attempt failed: a write with no connection says so.
         self._connect_error: str | None = None
 
@@ -458,6 +468,10 @@ class SqlDestination:
                     f"destination {self.name!r}: table {schema}.{target} does not exist "
                     f"(create it, or fix the 'tables' mapping)"
                 )
+            elif info.refusal:
+                problems.append(
+                    f"destination {self.name!r}: table {schema}.{target} {info.refusal}"
+                )
             elif not info.key:
                 fix = self.dialect.missing_key_fix(target)
                 problems.append(
@@ -495,54 +509,24 @@ class SqlDestination:
 
     # --- asyncio side: the write path ---------------------------------------------------
 
+    def _statements(self, group: list[Resolved]) -> list[Statement]:
+        return statements(
+            ((r.table, r.key, r.event) for r in group), self.options.conflict_resolution
+        )
+
+    async def _aio_run(self, conn: Any, stmts: list[Statement]) -> None:
+        dialect = self.dialect
+        for st in stmts:
+            if st.truncate:
+                await dialect.truncate(conn, st.table)
+            elif st.kind is None:
+                await dialect.delete(conn, st.table, st.keys)
+            else:
+                await dialect.write(conn, st.table, st.kind, st.cols, st.keep, st.rows)
+
     async def _aio_execute(self, conn: Any, group: list[Resolved]) -> None:
         """Run the set-based statements for a group of resolved events, wave by wave."""
-        tables: dict[str, TableInfo] = {}
-        originals: dict[tuple[str, Hashable], dict[str, Any]] = {}
-        for r in group:
-            tables.setdefault(r.table.name, r.table)
-            if r.event.op is Op.DELETE:  # a delete statement needs the key as the event spelt it
-                originals[(r.table.name, r.key)] = {c: r.event.data[c] for c in r.table.key}
-        steps = plan(
-            ((r.table.name, r.key, r.event) for r in group), self.options.conflict_resolution
-        )
-        for step in steps:
-            await self._aio_step(conn, step, tables, originals)
-
-    async def _aio_step(
-        self,
-        conn: Any,
-        step: dict[Hashable, TablePlan],
-        tables: dict[str, TableInfo],
-        originals: dict[tuple[str, Hashable], dict[str, Any]],
-    ) -> None:
-        # Deletes before writes (tables in reverse order of first appearance), so that a
-        # unique value moved from one key to another within a step does not collide.
-        dialect = self.dialect
-        order = [name for name in tables if name in step]
-        for name in order:
-            if step[name].truncate:
-                await dialect.truncate(conn, tables[name])
-        for name in reversed(order):
-            keys = [
-                originals[(name, k)] for k, op in step[name].ops.items() if op.kind is Kind.DELETE
-            ]
-            if keys:
-                await dialect.delete(conn, tables[name], keys)
-        for name in order:
-            info = tables[name]
-            groups: dict[tuple[Kind, tuple[str, ...], frozenset[str]], list[dict[str, Any]]] = {}
-            ordered: dict[frozenset[str], tuple[str, ...]] = {}  # column set -> table order
-            for op in step[name].ops.values():
-                if op.kind is Kind.DELETE:
-                    continue
-                shape = frozenset(op.cols)
-                cols = ordered.get(shape)
-                if cols is None:
-                    cols = ordered[shape] = tuple(c for c in info.columns if c in shape)
-                groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
-            for (kind, cols, keep), rows in groups.items():
-                await dialect.write(conn, info, kind, cols, keep, rows)
+        await self._aio_run(conn, self._statements(group))
 
     def _data_error(self, exc: BaseException) -> str:
         """Why the events failed, when it is their data's fault; re-raises anything else.
@@ -668,10 +652,19 @@ class SqlDestination:
         dead: list[tuple[Item, str]],
         isolation: _Isolation | None,
     ) -> int:
-        """Apply ``group`` in a savepoint, halving it on data errors; returns rows applied."""
+        """Apply ``group`` in a savepoint, halving it on data errors; returns rows applied.
+
+        A database whose failed statement undoes only itself and leaves the transaction
+        usable (the dialect's ``statement_atomic``, MySQL) needs no savepoint around a
+        group that is a single statement.
+        """
+        stmts = self._statements(group)
         try:
-            async with self.dialect.transaction(conn):
-                await self._aio_execute(conn, group)
+            if self._atomic and len(stmts) <= 1:
+                await self._aio_run(conn, stmts)
+            else:
+                async with self.dialect.transaction(conn):
+                    await self._aio_run(conn, stmts)
         except Exception as exc:
             reason = self._data_error(exc)
             if len(group) == 1:

@@ -29,6 +29,10 @@ class TableInfo:
     name: str
     columns: dict[str, Column]
     key: tuple[str, ...]
+    # Why no event may write this table although it exists, with the fix (e.g. a MySQL
+    # table whose engine cannot roll back): its events are dead letters, a mapped one is
+    # refused at start. Empty: writable.
+    refusal: str = ""
 
     @property
     def writable(self) -> frozenset[str]:

@@ -52,7 +52,7 @@ def hostile(state: str) -> list[bytes]:
 
 
 async def test_no_event_can_touch_checkpoints_or_dead_letters(
-    env: Env, nursery: trio.Nursery
+    env: Env, nursery: trio.Nursery, target: str
 ) -> None:
     """Flow A's events aimed at cdcsync's tables are dead letters; flow B's checkpoint and dead
     letters are untouched, and after a restart B's next event is written (not skipped)."""
@@ -81,10 +81,7 @@ async def test_no_event_can_touch_checkpoints_or_dead_letters(
     reserved = [d for d in mine if d["table_name"].lower().startswith("cdcsync_")]
     assert reserved and all("cdcsync's own bookkeeping" in d["error"] for d in reserved)
     # No table appeared in the users' schema, and B goes on after a restart.
-    tables = await env.sql(
-        "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", env.schema
-    )
-    assert [r[0] for r in tables] == ["users"]
+    assert await env.tables() == ["users"]
     async with env.running(config, nursery):
         await env.publish(env.subject("b") + ".users", [envelope("users", "insert", {"id": 2})])
         await env.applied(3, flow="b")
@@ -107,6 +104,35 @@ flows:
         "        tables: {users: CDCSYNC_dead_letters}\n": "reserved for cdcsync's own tables",
         "        schema: cdcsync\n": "cdcsync's own tables must not share a schema",
         "        schema: app\n        state_schema: app\n": "must not share a schema",
+    }
+    for extra, words in cases.items():
+        try:
+            cfg.loads(base + extra, path="c.yaml")
+        except ConfigError as exc:
+            assert words in str(exc), str(exc)
+            assert "c.yaml:" in str(exc)
+        else:
+            raise AssertionError(f"accepted: {extra!r}")
+
+
+def test_mysql_config_refuses_bookkeeping_as_a_target() -> None:
+    """MySQL: a mapping onto a reserved name, or the state database as the URL's database, is
+    refused (case-insensitively: MySQL may fold database names)."""
+    base = """
+flows:
+  - name: f
+    source: {type: nats, servers: ["nats://127.0.0.1:4222"], subject: "a.>"}
+    destinations:
+      - name: primary
+        type: mysql
+"""
+    cases = {
+        "        url: mysql://root@h/app\n        tables: {users: cdcsync_checkpoints}\n": (
+            "reserved for cdcsync's own tables"
+        ),
+        "        url: mysql://root@h/cdcsync\n": "must not share a database",
+        "        url: mysql://root@h/App\n        state_schema: app\n": "must not share",
+        "        url: mysql://root@h\n": "the database of the target tables is missing",
     }
     for extra, words in cases.items():
         try:
@@ -195,7 +221,7 @@ async def running_dead_letters(api: str) -> list[dict[str, Any]]:
     return letters
 
 
-async def test_unmapped_tables_can_be_refused(env: Env, nursery: trio.Nursery) -> None:
+async def test_unmapped_tables_can_be_refused(env: Env, nursery: trio.Nursery, target: str) -> None:
     """With `unmapped_tables: dead_letter` only mapped tables are written; the rest are dead
     letters saying why, even when a table of that name exists."""
     await env.create_schema(USERS + "CREATE TABLE other (id int PRIMARY KEY, name text);")
@@ -219,7 +245,9 @@ async def test_unmapped_tables_can_be_refused(env: Env, nursery: trio.Nursery) -
     assert all("not in the destination's 'tables' mapping" in d["error"] for d in letters)
 
 
-async def test_dropped_mapped_table_waits_and_resumes(env: Env, nursery: trio.Nursery) -> None:
+async def test_dropped_mapped_table_waits_and_resumes(
+    env: Env, nursery: trio.Nursery, target: str
+) -> None:
     """A mapped table dropped while running: the flow turns degraded and says why, nothing is
     dead-lettered or acknowledged; once the table is back the waiting events land."""
     await env.create_schema(USERS)
@@ -243,7 +271,7 @@ async def test_dropped_mapped_table_waits_and_resumes(env: Env, nursery: trio.Nu
         await trio.sleep(1.5)
         assert flow_stats.acked == 1
         assert await env.dead_letters() == []
-        await env.execute(f"SET search_path = {env.schema}; {USERS}")
+        await env.execute_in_schema(USERS)
         await env.applied(3)
 
         async def running_again() -> bool:

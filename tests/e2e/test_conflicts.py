@@ -1,4 +1,5 @@
-"""Conflict modes (upsert, replace, ignore) and deletes against real PostgreSQL tables."""
+"""Conflict modes (upsert, replace, ignore) and deletes against real PostgreSQL and MySQL
+tables (each test runs against both: the `target` fixture)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
 async def test_conflict_mode_against_stored_rows(
-    env: Env, nursery: trio.Nursery, mode: str
+    env: Env, nursery: trio.Nursery, mode: str, target: str
 ) -> None:
     """Each conflict mode gives its documented result for inserts, updates and deletes."""
     await env.create_schema(ITEMS)
@@ -70,7 +71,9 @@ async def test_conflict_mode_against_stored_rows(
 
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
-async def test_conflict_mode_in_one_batch(env: Env, nursery: trio.Nursery, mode: str) -> None:
+async def test_conflict_mode_in_one_batch(
+    env: Env, nursery: trio.Nursery, mode: str, target: str
+) -> None:
     """The same events give the same rows when they all arrive in one batch."""
     await env.create_schema(ITEMS)
     await env.ensure_stream([f"{env.subject()}.>"])
@@ -82,7 +85,9 @@ async def test_conflict_mode_in_one_batch(env: Env, nursery: trio.Nursery, mode:
 
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
-async def test_delete_works_in_every_mode(env: Env, nursery: trio.Nursery, mode: str) -> None:
+async def test_delete_works_in_every_mode(
+    env: Env, nursery: trio.Nursery, mode: str, target: str
+) -> None:
     """A delete removes the row in every mode; deleting a missing row is harmless."""
     await env.create_schema(ITEMS)
     subject = env.subject() + ".items"
@@ -105,7 +110,9 @@ async def test_delete_works_in_every_mode(env: Env, nursery: trio.Nursery, mode:
 
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
-async def test_per_key_order_inside_one_batch(env: Env, nursery: trio.Nursery, mode: str) -> None:
+async def test_per_key_order_inside_one_batch(
+    env: Env, nursery: trio.Nursery, mode: str, target: str
+) -> None:
     """Insert, update, delete, insert of one key in one batch leave exactly the last insert."""
     await env.create_schema(ITEMS)
     events = []
@@ -146,7 +153,9 @@ async def test_per_key_order_inside_one_batch(env: Env, nursery: trio.Nursery, m
 
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
-async def test_update_of_missing_row(env: Env, nursery: trio.Nursery, mode: str) -> None:
+async def test_update_of_missing_row(
+    env: Env, nursery: trio.Nursery, mode: str, target: str
+) -> None:
     """An update of a missing row inserts it in upsert and replace mode and is skipped in ignore."""
     await env.create_schema(ITEMS)
     async with env.running(env.config(env.flow_yaml(mode=mode)), nursery):
@@ -162,7 +171,7 @@ async def test_update_of_missing_row(env: Env, nursery: trio.Nursery, mode: str)
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
 async def test_all_key_table_takes_duplicate_inserts(
-    env: Env, nursery: trio.Nursery, mode: str
+    env: Env, nursery: trio.Nursery, mode: str, target: str
 ) -> None:
     """A table whose every column is in the primary key accepts duplicate inserts and deletes."""
     await env.create_schema(
@@ -188,7 +197,7 @@ async def test_all_key_table_takes_duplicate_inserts(
 
 
 async def test_per_key_order_when_producers_spell_the_key_differently(
-    env: Env, nursery: trio.Nursery
+    env: Env, nursery: trio.Nursery, target: str
 ) -> None:
     """Events naming one row with differently typed key values ("7" and 7) keep their order."""
     await env.create_schema(ITEMS)

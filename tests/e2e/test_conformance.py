@@ -1,5 +1,6 @@
 """The destination conformance suite (cdcsync.conformance) passes for the built-in PostgreSQL
-destination, against a real database, and for a third-party entry-point destination."""
+and MySQL destinations, against real databases, and for a third-party entry-point
+destination."""
 
 from __future__ import annotations
 
@@ -7,20 +8,19 @@ from harness import Env
 
 from cdcsync import registry
 from cdcsync.conformance import check_destination
-from cdcsync.sinks.postgres import PostgresOptions, PostgresSink
 
 
-async def test_postgres_destination_conforms(env: Env) -> None:
-    """Checkpoint durability, redelivery skipping, dead letters: the real PostgreSQL sink."""
+async def test_sql_destinations_conform(env: Env, target: str) -> None:
+    """Checkpoint durability, redelivery skipping, dead letters: the real PostgreSQL and
+    MySQL sinks."""
     await env.create_schema("CREATE TABLE items (id int PRIMARY KEY, name text);")
-    options = PostgresOptions(url=env.pg_url, schema=env.schema, state_schema=env.state)
-    await check_destination(lambda: PostgresSink("conformance", "primary", options), table="items")
+    await check_destination(lambda: env.destination("conformance"), table="items")
     # What the suite reported matches the database: 10 + 3 + 5 rows of the stream, 8 + 3 of
     # the two partitions; 1 dead letter; a checkpoint row per partition.
     assert await env.count("items") == 29
     assert len(await env.dead_letters()) == 1
     rows = await env.sql(
-        f"SELECT stream, partition, last_seq FROM {env.state}.checkpoints ORDER BY 1, 2"
+        f'SELECT stream, "partition", last_seq FROM {env.state}.checkpoints ORDER BY 1, 2'
     )
     assert [tuple(r) for r in rows] == [
         ("CONFORMANCE", 0, 20),

@@ -1,4 +1,5 @@
-"""Wire formats end to end: Debezium, the cdc envelope, and both mixed in one stream (auto)."""
+"""Wire formats end to end: Debezium, the cdc envelope, and both mixed in one stream (auto),
+into PostgreSQL and MySQL (each test runs against both: the `target` fixture)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def person(i: int, **cols: Any) -> dict[str, Any]:
     return row
 
 
-async def test_debezium_fixtures_create_update_delete(env: Env, nursery: trio.Nursery) -> None:
+async def test_debezium_fixtures_create_update_delete(
+    env: Env, nursery: trio.Nursery, target: str
+) -> None:
     """The documented Debezium create, update and delete insert, change, then remove a row."""
     await env.create_schema(CUSTOMERS)
     subject = env.subject() + ".customers"
@@ -70,7 +73,9 @@ async def test_debezium_fixtures_create_update_delete(env: Env, nursery: trio.Nu
     assert await env.dead_letters() == []
 
 
-async def test_auto_format_mixes_envelopes_and_debezium(env: Env, nursery: trio.Nursery) -> None:
+async def test_auto_format_mixes_envelopes_and_debezium(
+    env: Env, nursery: trio.Nursery, target: str
+) -> None:
     """With format auto, cdc envelopes and Debezium events interleaved in one stream all apply."""
     await env.create_schema(CUSTOMERS)
     subject = env.subject() + ".customers"
@@ -102,7 +107,7 @@ async def test_auto_format_mixes_envelopes_and_debezium(env: Env, nursery: trio.
 
 @pytest.mark.parametrize("mode", ["upsert", "replace"])
 async def test_unavailable_value_never_overwrites(
-    env: Env, nursery: trio.Nursery, mode: str
+    env: Env, nursery: trio.Nursery, mode: str, target: str
 ) -> None:
     """A column sent as __debezium_unavailable_value keeps its stored value, in any batch shape."""
     await env.create_schema(CUSTOMERS)
@@ -145,7 +150,7 @@ async def test_unavailable_value_never_overwrites(
 
 @pytest.mark.parametrize("mode", ["upsert", "replace", "ignore"])
 async def test_primary_key_change_leaves_only_new_row(
-    env: Env, nursery: trio.Nursery, mode: str
+    env: Env, nursery: trio.Nursery, mode: str, target: str
 ) -> None:
     """A key change (delete old key, tombstone, create new key) ends with only the new row."""
     await env.create_schema(CUSTOMERS)
@@ -186,7 +191,7 @@ TRUNCATE = {
 
 @pytest.mark.parametrize("enabled", [False, True])
 async def test_truncate_applied_only_when_enabled(
-    env: Env, nursery: trio.Nursery, enabled: bool
+    env: Env, nursery: trio.Nursery, enabled: bool, target: str
 ) -> None:
     """Debezium op t empties the table only with `truncate: true`; otherwise it is ignored."""
     await env.create_schema(CUSTOMERS)
@@ -210,7 +215,7 @@ async def test_truncate_applied_only_when_enabled(
 
 @pytest.mark.parametrize("fmt", ["debezium", "auto"])
 async def test_tombstone_is_skipped_without_dead_letter(
-    env: Env, nursery: trio.Nursery, fmt: str
+    env: Env, nursery: trio.Nursery, fmt: str, target: str
 ) -> None:
     """A Debezium tombstone (empty body) changes nothing and is not dead-lettered."""
     await env.create_schema(CUSTOMERS)

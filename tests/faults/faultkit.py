@@ -1,7 +1,7 @@
 """Helpers shared by the fault tests: a workload with its expected outcome, and cdcsync
 run as a real ``cdcsync serve`` subprocess that can be killed.
 
-Everything here is plain asyncio (nats-py, asyncpg) plus ``subprocess``: the fault tests
+Everything here is plain asyncio (nats-py, asyncpg, asyncmy) plus ``subprocess``: the fault tests
 are sync tests that call ``asyncio.run``, so nothing here depends on Trio or on the
 code under test except through its command line.
 
@@ -12,6 +12,9 @@ The workload writes to two tables:
   was applied twice (an upsert of an existing key turns into an UPDATE).
 * ``state`` receives inserts, partial updates, deletes and re-inserts over a small key
   space; its expected final content comes from a one-event-at-a-time Python model.
+
+The database is PostgreSQL or MySQL/MariaDB, told apart by the URL's scheme (``mysql://``):
+every helper that takes a URL works with both; for MySQL a "schema" is a database.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncmy.errors
 import asyncpg
 import cdcproc
+import mysqlread
 import nats
 import nats.js.errors
 from harness import envelope
 
 __all__ = [
     "FAULT_DDL",
+    "MYSQL_FAULT_DDL",
     "CdcProcess",
     "Fleet",
     "Scenario",
@@ -64,6 +70,19 @@ CREATE TRIGGER ledger_rewrites BEFORE UPDATE ON ledger
   FOR EACH ROW EXECUTE FUNCTION count_rewrites();
 CREATE TABLE state (id int PRIMARY KEY, v int, note text);
 """
+MYSQL_FAULT_DDL = """
+CREATE TABLE ledger (id int PRIMARY KEY, v int, updates int NOT NULL DEFAULT 0);
+CREATE TRIGGER ledger_rewrites BEFORE UPDATE ON ledger
+  FOR EACH ROW SET NEW.updates = OLD.updates + 1;
+CREATE TABLE state (id int PRIMARY KEY, v int, note text);
+"""
+# What a helper polling a database that is down or restarting may meet.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DB_ERRORS += (asyncmy.errors.Error,)
+
+
+def is_mysql(url: str) -> bool:
+    return url.startswith(("mysql://", "mariadb://"))
 
 
 # --------------------------------------------------------------------------- workload
@@ -163,8 +182,10 @@ async def consumer_info(nc: Any, stream: str, durable: str) -> Any | None:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+async def sql(url: str, query: str, *args: Any) -> list[Any]:
     """One query on a fresh connection (survives the server being restarted in between)."""
+    if is_mysql(url):
+        return await mysqlread.fetch(url, query, *args)
     conn = await asyncpg.connect(url, timeout=3)
     try:
         return await conn.fetch(query, *args)
@@ -173,6 +194,12 @@ async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
 
 
 async def create_schema(url: str, schema: str, ddl: str = FAULT_DDL) -> None:
+    if is_mysql(url):
+        ddl = MYSQL_FAULT_DDL if ddl == FAULT_DDL else ddl
+        await mysqlread.execute(
+            url, f"DROP DATABASE IF EXISTS {schema}; CREATE DATABASE {schema}; USE {schema};" + ddl
+        )
+        return
     conn = await asyncpg.connect(url, timeout=5)
     try:
         await conn.execute(
@@ -184,6 +211,12 @@ async def create_schema(url: str, schema: str, ddl: str = FAULT_DDL) -> None:
 
 
 async def drop_schema(url: str, schema: str) -> None:
+    if is_mysql(url):
+        with contextlib.suppress(*DB_ERRORS):
+            await mysqlread.execute(
+                url, f"DROP DATABASE IF EXISTS {schema}; DROP DATABASE IF EXISTS {schema}_state"
+            )
+        return
     with contextlib.suppress(OSError, asyncpg.PostgresError):
         await sql(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await sql(url, f"DROP SCHEMA IF EXISTS {schema}_state CASCADE")
@@ -196,6 +229,10 @@ async def checkpoint(url: str, schema: str, flow: str = "f") -> int | None:
         )
     except asyncpg.UndefinedTableError:
         return None
+    except asyncmy.errors.Error as exc:
+        if exc.args[0] in (1146, 1049):  # no table, no database yet
+            return None
+        raise
     return int(rows[0]["last_seq"]) if rows else None
 
 
@@ -207,7 +244,7 @@ async def flow_done(url: str, schema: str, last_seq: int) -> bool:
     """The checkpoint reached the last published sequence."""
     try:
         return await checkpoint(url, schema) == last_seq
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except DB_ERRORS:
         return False
 
 
@@ -289,8 +326,28 @@ def config_yaml(
     durable: str,
     ack_wait_s: int = 30,
     batch: str = "{max_size: 1000, max_delay_ms: 20}",
+    extra: str = "",
 ) -> str:
-    """One JetStream flow ``f`` into ``schema`` (destination ``primary``), API on a free port."""
+    """One JetStream flow ``f`` into ``schema`` (destination ``primary``), API on a free port.
+
+    A ``mysql://`` URL makes it a MySQL destination writing the database ``schema``."""
+    if is_mysql(pg_url):
+        destination = f"""\
+      - name: primary
+        type: mysql
+        url: "{mysqlread.with_database(pg_url, schema)}"
+        state_schema: {schema}_state
+        conflict_resolution: upsert
+{extra}"""
+    else:
+        destination = f"""\
+      - name: primary
+        type: postgres
+        url: "{pg_url}"
+        schema: {schema}
+        state_schema: {schema}_state
+        conflict_resolution: upsert
+{extra}"""
     return f"""\
 api:
   bind: 127.0.0.1:0
@@ -307,13 +364,7 @@ flows:
       format: cdc
     batch: {batch}
     destinations:
-      - name: primary
-        type: postgres
-        url: "{pg_url}"
-        schema: {schema}
-        state_schema: {schema}_state
-        conflict_resolution: upsert
-"""
+{destination}"""
 
 
 @dataclass(frozen=True)
@@ -361,9 +412,9 @@ class Scenario:
         )
         return path
 
-    async def prepare(self) -> Any:
+    async def prepare(self, ddl: str = FAULT_DDL) -> Any:
         """Create the schema and the stream; the test's own NATS client, for it to close."""
-        await create_schema(self.pg_url, self.schema)
+        await create_schema(self.pg_url, self.schema, ddl)
         nc = await open_js(self.nats_url)
         try:
             await nc.jetstream().add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])

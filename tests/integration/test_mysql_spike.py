@@ -330,6 +330,32 @@ def test_json_table_upsert_converts_under_strict_mode_only_as_text(mysql_db: Db)
     run(mysql_db, scenario)
 
 
+def test_json_table_text_into_a_text_column_wraps_unless_cast(mysql_db: Db) -> None:
+    """MariaDB 10.11: a JSON_TABLE LONGTEXT column inserted into TEXT (or TINYTEXT) is stored
+    with its length wrapped modulo 64 KiB (256 bytes), without an error or a warning, even
+    in strict mode; CAST(... AS CHAR) makes the server check the length (1406), which is why
+    the dialect casts every value. The same text inserted directly fails with 1406."""
+
+    async def scenario(db: Db) -> None:
+        s = await db.session()
+        await s.rows("CREATE TABLE w (id INT PRIMARY KEY, t TEXT, tt TINYTEXT)")
+        doc = json.dumps([{"id": 1, "t": "x" * 70_000}])
+        plain = f"INSERT INTO w (id, t) SELECT j.id, j.t FROM {jt(id='LONGTEXT', t='LONGTEXT')}"
+        await s.rows(plain, (doc,))
+        assert await s.rows("SELECT LENGTH(t) FROM w") == [(70_000 - 65_536,)]
+        assert await s.warnings() == []
+        await s.rows("DELETE FROM w")
+        cast = plain.replace("j.t FROM", "CAST(j.t AS CHAR) FROM")
+        assert (await s.fails(cast, (doc,)))[0] == 1406
+        tiny = json.dumps([{"id": 2, "t": "y" * 300}])
+        short = plain.replace("(id, t)", "(id, tt)")
+        await s.rows(short, (tiny,))
+        assert await s.rows("SELECT LENGTH(tt) FROM w WHERE id = 2") == [(300 - 256,)]
+        assert (await s.fails("INSERT INTO w (id, t) VALUES (3, REPEAT('x', 70000))"))[0] == 1406
+
+    run(mysql_db, scenario)
+
+
 def test_replace_mode_with_default_not_replace_into(mysql_db: Db) -> None:
     """Replace without REPLACE INTO: ON DUPLICATE KEY UPDATE present = VALUES(present),
     absent = DEFAULT(absent) resets absent columns to their defaults (expressions too) in

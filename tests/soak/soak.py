@@ -3,16 +3,17 @@
     .venv/bin/python tests/soak/soak.py --seed 1 --events 20000 --max-seconds 120
 
 A run owns everything it touches: a throwaway NATS (JetStream) server and a throwaway
-PostgreSQL cluster with two databases, both on free ports, and ``cdcsync serve`` as a
-subprocess. A seeded generator publishes a paced workload to three flows (``users`` fans
-out to both databases, ``catalog`` writes in ``replace`` mode through a table mapping):
-inserts, partial updates, upserts, deletes and re-inserts over a few thousand keys,
+PostgreSQL cluster (``--target mysql``: a throwaway MariaDB server) with two databases, both
+on free ports, and ``cdcsync serve`` as a subprocess. A seeded generator publishes a paced
+workload to three flows (``users`` fans out to both databases, ``catalog`` writes in
+``replace`` mode through a table mapping): inserts, partial updates, upserts, deletes and
+re-inserts over a few thousand keys,
 sprinkled with exact duplicates and poison messages. Meanwhile a seeded injector
-``kill -9``s and SIGTERMs cdcsync, kills or stops NATS and PostgreSQL, and freezes one or
+``kill -9``s and SIGTERMs cdcsync, kills or stops NATS and the database, and freezes one or
 the other for a moment. At the end the streams are read back, the one-event-at-a-time
 model of docs/semantics.md says what every table of every destination must hold, the run
 waits until every checkpoint reaches its flow's last stream sequence, and then every row
-and every dead letter is compared. Nothing is trusted that the streams and PostgreSQL do
+and every dead letter is compared. Nothing is trusted that the streams and the database do
 not show: the model is built from the messages as the stream holds them, in stream order.
 """
 
@@ -40,10 +41,11 @@ for _p in (_TESTS, _TESTS / "faults"):  # run as a script, or imported by pytest
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
+import mysqlread  # noqa: E402
 import nats  # noqa: E402
-from faultkit import CdcProcess, Fleet, consumer_info, sql  # noqa: E402
+from faultkit import DB_ERRORS, CdcProcess, Fleet, consumer_info, sql  # noqa: E402
 from nats.js import api as js_api  # noqa: E402
-from servers import NatsServer, PostgresServer  # noqa: E402
+from servers import MariaDBServer, NatsServer, PostgresServer  # noqa: E402
 from soak_workload import (  # noqa: E402
     ACK_WAIT_S,
     DATABASES,
@@ -61,9 +63,10 @@ from soak_workload import (  # noqa: E402
     norm,
 )
 
-__all__ = ["FAULT_KINDS", "POISON_KINDS", "Fault", "SoakReport", "main", "run_soak"]
+__all__ = ["FAULT_KINDS", "POISON_KINDS", "TARGETS", "Fault", "SoakReport", "main", "run_soak"]
 
-FAULT_KINDS = ("kill9", "sigterm", "nats_restart", "pg_restart", "pg_stall", "nats_stall")
+FAULT_KINDS = ("kill9", "sigterm", "nats_restart", "db_restart", "db_stall", "nats_stall")
+TARGETS = ("postgres", "mysql")
 PUBLISH_ACK_TIMEOUT_S = 5.0
 SIGTERM_EXIT_TIMEOUT_S = 30.0  # drain_timeout_s (15 s) + the API's grace, with room
 
@@ -80,6 +83,7 @@ class Fault:
 @dataclass
 class SoakReport:
     seed: int
+    target: str = "postgres"
     events: int = 0  # messages in the streams (what cdcsync had to apply)
     intended: int = 0  # messages the generator made
     duplicates: int = 0  # messages whose exact bytes were in the stream before
@@ -106,7 +110,8 @@ class SoakReport:
 
     def summary(self) -> str:
         lines = [
-            f"seed {self.seed}: {self.verdict} in {self.seconds:.1f} s (workdir {self.workdir})",
+            f"seed {self.seed} ({self.target}): {self.verdict} in {self.seconds:.1f} s "
+            f"(workdir {self.workdir})",
             f"  events published: {self.events} (generated {self.intended}, "
             f"republished after ack timeouts {self.republished})",
             f"  exact duplicates: {self.duplicates}",
@@ -176,6 +181,7 @@ class Soak:
         faults: bool,
         poison: tuple[str, ...],
         say: Callable[[str], None],
+        target: str = "postgres",
     ) -> None:
         self.seed, self.events, self.workdir = seed, events, workdir
         self.max_seconds = max_seconds
@@ -187,9 +193,13 @@ class Soak:
         self.deadline = self.t0 + max_seconds
         self.rng = random.Random(seed * 7_919 + 1)  # the injector's; independent of the workload
         self.rng_publish = random.Random(seed * 7_919 + 2)
-        self.report = SoakReport(seed, workdir=str(workdir))
+        self.report = SoakReport(seed, target, workdir=str(workdir))
         self.nats = NatsServer()
-        self.pg = PostgresServer()
+        self.mysql = target == "mysql"
+        self.db: MariaDBServer | PostgresServer = (
+            MariaDBServer() if self.mysql else PostgresServer()
+        )
+        self.db_label = "MariaDB" if self.mysql else "PostgreSQL"
         self.fleet = Fleet(workdir)
         self.config = workdir / "cdcsync.yaml"
         self.proc: CdcProcess | None = None
@@ -209,15 +219,22 @@ class Soak:
         self.say(f"PROBLEM: {text.splitlines()[0]}")
 
     def url(self, database: str) -> str:
-        return self.pg.url_for(database)
+        return self.db.url_for(database)
+
+    def table(self, database: str, name: str) -> str:
+        """A target table as a query names it (MySQL: a database is the schema)."""
+        return f"{database}.{name}" if self.mysql else f"public.{name}"
 
     # --- set-up --------------------------------------------------------------------------
 
     async def setup(self) -> None:
         await asyncio.to_thread(self.nats.start)
-        await asyncio.to_thread(self.pg.start)
+        await asyncio.to_thread(self.db.start)
         for db in DATABASES:
-            await asyncio.to_thread(self.pg.create_database, db)
+            await asyncio.to_thread(self.db.create_database, db)
+            if self.mysql:
+                await mysqlread.execute(self.url(db), database_ddl(db, mysql=True))
+                continue
             conn = await asyncpg.connect(self.url(db), timeout=5)
             try:
                 await conn.execute(database_ddl(db))
@@ -229,9 +246,9 @@ class Soak:
                 await nc.jetstream().add_stream(name=stream, subjects=subjects)
         finally:
             await nc.close()
-        self.config.write_text(config_yaml(self.nats.url, self.pg.url_for))
+        self.config.write_text(config_yaml(self.nats.url, self.db.url_for, self.mysql))
         self.nats_ok.set()
-        self.say(f"NATS {self.nats.url}, PostgreSQL {self.pg.url} (databases {DATABASES})")
+        self.say(f"NATS {self.nats.url}, {self.db_label} {self.db.url} (databases {DATABASES})")
 
     def spawn(self) -> CdcProcess:
         self.runs += 1
@@ -356,21 +373,21 @@ class Soak:
             self.nats_ok.set()
         return f"NATS {how}, down {down:.1f} s, started again"
 
-    async def fault_pg_restart(self) -> str:
+    async def fault_db_restart(self) -> str:
         how, down = self.rng.choice(("kill", "stop")), self.rng.uniform(0.2, 2.0)
-        await asyncio.to_thread(self.pg.kill if how == "kill" else self.pg.stop)
+        await asyncio.to_thread(self.db.kill if how == "kill" else self.db.stop)
         await asyncio.sleep(down)
-        await asyncio.to_thread(self.pg.start)
-        return f"PostgreSQL {how}, down {down:.1f} s, started again"
+        await asyncio.to_thread(self.db.start)
+        return f"{self.db_label} {how}, down {down:.1f} s, started again"
 
-    async def fault_pg_stall(self) -> str:
+    async def fault_db_stall(self) -> str:
         length = self.rng.uniform(1.0, 3.0)
-        await asyncio.to_thread(self.pg.pause)
+        await asyncio.to_thread(self.db.pause)
         try:
             await asyncio.sleep(length)
         finally:
-            self.pg.resume()
-        return f"PostgreSQL frozen (SIGSTOP) for {length:.1f} s"
+            self.db.resume()
+        return f"{self.db_label} frozen (SIGSTOP) for {length:.1f} s"
 
     async def fault_nats_stall(self) -> str:
         length = self.rng.uniform(1.0, 3.0)
@@ -446,7 +463,7 @@ class Soak:
                         d.name,
                     )
                     out[(f.name, d.name)] = int(rows[0][0]) if rows else None
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                except DB_ERRORS:
                     out[(f.name, d.name)] = None
         return out
 
@@ -506,7 +523,9 @@ class Soak:
                 model = exp.models[(f.name, d.name)]
                 for t in f.tables:
                     target = d.target(t.name)
-                    rows = await sql(self.url(d.database), f"SELECT * FROM public.{target}")
+                    rows = await sql(
+                        self.url(d.database), f"SELECT * FROM {self.table(d.database, target)}"
+                    )
                     cols = {c.name: c for c in t.cols}
                     actual = {
                         t.key_of(row): {c: norm(cols[c], row[c]) for c in cols}
@@ -712,7 +731,7 @@ class Soak:
         """Stop every process of the run, whatever state it is in."""
         with contextlib.suppress(Exception):
             self.fleet.__exit__(None, None, None)
-        for server in (self.nats, self.pg):
+        for server in (self.nats, self.db):
             with contextlib.suppress(Exception):
                 server.resume()
             try:
@@ -732,6 +751,7 @@ def run_soak(
     faults: bool = True,
     poison: tuple[str, ...] = POISON_KINDS,
     say: Callable[[str], None] = print,
+    target: str = "postgres",
 ) -> SoakReport:
     """Run one soak and return its report; servers and processes are gone when it returns.
 
@@ -742,7 +762,7 @@ def run_soak(
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("cdcsync-*.log"):  # a reused workdir: logs are appended to
         old.unlink()
-    soak = Soak(seed, events, max_seconds, workdir, publish_seconds, faults, poison, say)
+    soak = Soak(seed, events, max_seconds, workdir, publish_seconds, faults, poison, say, target)
     try:
         report = asyncio.run(soak.run())
     finally:
@@ -767,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         help="poison kinds to publish (default: all); to bisect a failure",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new tmp dir")
+    parser.add_argument(
+        "--target", choices=TARGETS, default="postgres", help="the destinations' database"
+    )
     args = parser.parse_args(argv)
     reports = []
     for seed in args.seed:
@@ -775,7 +798,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir
             else Path(tempfile.mkdtemp(prefix=f"cdcsync-soak-{seed}-"))
         )
-        print(f"=== soak seed {seed}: {args.events} events, at most {args.max_seconds} s")
+        print(
+            f"=== soak seed {seed} into {args.target}: {args.events} events, "
+            f"at most {args.max_seconds} s"
+        )
         reports.append(
             run_soak(
                 seed,
@@ -786,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                 faults=not args.no_faults,
                 poison=tuple(args.poison),
                 say=lambda s: print(s, flush=True),
+                target=args.target,
             )
         )
     if len(reports) > 1:

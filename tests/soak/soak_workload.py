@@ -66,8 +66,12 @@ class Table:
     cols: tuple[Col, ...]  # the other columns
     keyspace: int
 
-    def ddl(self, target: str) -> str:
-        cols = ", ".join(f"{c.name} {c.ddl}" for c in (*self.key, *self.cols))
+    def ddl(self, target: str, mysql: bool = False) -> str:
+        """PostgreSQL's DDL, or MySQL's: a key column cannot be TEXT there (no length)."""
+        key = tuple(
+            replace(c, ddl="varchar(64)") if mysql and c.ddl == "text" else c for c in self.key
+        )
+        cols = ", ".join(f"{c.name} {c.ddl}" for c in (*key, *self.cols))
         pk = ", ".join(c.name for c in self.key)
         return f"CREATE TABLE {target} ({cols}, PRIMARY KEY ({pk}));"
 
@@ -197,8 +201,10 @@ STREAMS = {
 }
 
 
-def config_yaml(nats_url: str, url_for: Callable[[str], str]) -> str:
-    """The cdcsync configuration of the soak: three flows, two databases, API on a free port."""
+def config_yaml(nats_url: str, url_for: Callable[[str], str], mysql: bool = False) -> str:
+    """The cdcsync configuration of the soak: three flows, two databases, API on a free port;
+    with ``mysql`` the databases are MySQL's (the URL names each, the state database is the
+    server's ``cdcsync``)."""
     out = ["api:", "  bind: 127.0.0.1:0", "flows:"]
     for f in FLOWS:
         out += [
@@ -219,9 +225,9 @@ def config_yaml(nats_url: str, url_for: Callable[[str], str]) -> str:
         for d in f.dests:
             out += [
                 f"      - name: {d.name}",
-                "        type: postgres",
+                f"        type: {'mysql' if mysql else 'postgres'}",
                 f'        url: "{url_for(d.database)}"',
-                "        schema: public",
+                *([] if mysql else ["        schema: public"]),
                 f"        conflict_resolution: {d.mode}",
             ]
             if d.tables:
@@ -229,12 +235,12 @@ def config_yaml(nats_url: str, url_for: Callable[[str], str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def database_ddl(database: str) -> str:
+def database_ddl(database: str, mysql: bool = False) -> str:
     stmts = []
     for f in FLOWS:
         for d in f.dests:
             if d.database == database:
-                stmts += [t.ddl(d.target(t.name)) for t in f.tables]
+                stmts += [t.ddl(d.target(t.name), mysql) for t in f.tables]
     return "\n".join(stmts)
 
 

@@ -1,7 +1,7 @@
 """The CI-sized chaos soak, and the smallest reproduction of what soaking has found.
 
-The soak (tests/soak/soak.py) starts its own NATS and PostgreSQL; `just soak` runs the
-long version with several seeds.
+The soak (tests/soak/soak.py) starts its own NATS and PostgreSQL (or MariaDB); `just soak`
+runs the long version with several seeds (`just soak target=mysql` against MySQL).
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import trio
 from harness import Env, envelope
-from soak import FAULT_KINDS, run_soak
+from soak import FAULT_KINDS, TARGETS, run_soak
 
 USERS = "CREATE TABLE users (id int PRIMARY KEY, name text, score int DEFAULT 0);"
 ONE_BATCH = "{max_size: 1000, max_delay_ms: 200}"
 
 
 @pytest.mark.slow
-def test_chaos_soak_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_chaos_soak_loses_nothing(tmp_path: Path, target: str) -> None:
     """Under every kind of fault each table equals the model and each poison message is one
-    dead letter."""
-    report = run_soak(seed=1, events=20_000, max_seconds=120, workdir=tmp_path)
+    dead letter, into PostgreSQL and into MySQL."""
+    report = run_soak(seed=1, events=20_000, max_seconds=120, workdir=tmp_path, target=target)
     assert report.verdict == "PASS", report.summary()
     assert (report.lost, report.extra, report.duplicated) == (0, 0, 0), report.summary()
     missing = [kind for kind, n in report.faults_by_kind.items() if n == 0]

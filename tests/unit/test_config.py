@@ -357,9 +357,9 @@ def test_unknown_source_type() -> None:
 
 def test_unknown_destination_type() -> None:
     """An unknown destination type is an error at the destination's line."""
-    text = FULL.replace("type: postgres", "type: mysql", 1)
+    text = FULL.replace("type: postgres", "type: oracle", 1)
     message = one_error(text, "- name: warehouse")
-    assert "unknown destination type 'mysql'" in message and "postgres" in message
+    assert "unknown destination type 'oracle'" in message and "mysql, postgres" in message
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[2] / "cdcsync"
 COMPONENTS = {
     "nats": ["sources/nats.py", "sources/nats_options.py"],
     "postgres": ["sinks/postgres"],
+    "mysql": ["sinks/mysql"],
 }
 OWN = {
     "nats": ("cdcsync.sources.nats", "cdcsync.sources.nats_options"),
     "postgres": ("cdcsync.sinks.postgres",),
+    "mysql": ("cdcsync.sinks.mysql",),
 }
 
 
@@ -69,5 +71,11 @@ def test_builtin_components_satisfy_the_protocols() -> None:
     options = dest.parse(
         {"url": "postgresql://u@h/db", "schema": "public", "state_schema": "cdcsync",
          "conflict_resolution": "upsert", "truncate": False, "unmapped_tables": "apply"}
+    )  # fmt: skip
+    assert isinstance(dest.factory("f", "d", options), Destination)
+    dest = registry.destinations()["mysql"]
+    options = dest.parse(
+        {"url": "mysql://u@h/db", "state_schema": "cdcsync", "conflict_resolution": "upsert",
+         "truncate": False, "unmapped_tables": "apply"}
     )  # fmt: skip
     assert isinstance(dest.factory("f", "d", options), Destination)
