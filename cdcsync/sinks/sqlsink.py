@@ -18,6 +18,7 @@ import datetime as dt
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Any, Protocol
 
 import structlog
@@ -61,7 +62,12 @@ class Transaction(Protocol):
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
     async def __aenter__(self) -> Any: ...
-    async def __aexit__(self, *exc: object) -> Any: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any: ...
 
 
 class SqlOptions(Protocol):

@@ -192,7 +192,7 @@ class MysqlDialect:
 
     async def try_lock(self, conn: Session, name: str) -> bool:
         [(got,)] = await conn.rows("SELECT GET_LOCK(%s, 0)", (self.lock_name(name),))
-        return got == 1
+        return bool(got == 1)
 
     async def unlock(self, conn: Session, name: str) -> None:
         await conn.rows("SELECT RELEASE_LOCK(%s)", (self.lock_name(name),))
@@ -413,7 +413,8 @@ class MysqlDialect:
     ) -> list[DeadLetter]:
         if not await self._has_letters(conn) or (ids is not None and not ids):
             return []
-        where, args = "flow = %s AND destination = %s", [flow, dest]
+        where = "flow = %s AND destination = %s"
+        args: list[Any] = [flow, dest]
         if ids is not None:
             where += f" AND id IN ({', '.join(['%s'] * len(ids))})"
             args += [int(i) for i in ids]
@@ -464,7 +465,8 @@ class MysqlDialect:
     ) -> list[tuple[int, str, int | None, int | None, bytes]]:
         if not await self._has_letters(conn) or (ids is not None and not ids):
             return []
-        where, args = "flow = %s AND destination = %s", [flow, dest]
+        where = "flow = %s AND destination = %s"
+        args: list[Any] = [flow, dest]
         if ids is not None:
             where += f" AND id IN ({', '.join(['%s'] * len(ids))})"
             args += [int(i) for i in ids]
