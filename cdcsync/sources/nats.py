@@ -35,12 +35,20 @@ from cdcsync.plugin import (
     ComponentSpec,
     Coordinator,
     Delivery,
+    FatalSourceError,
     Partition,
+    Partitioning,
     SourceError,
     aio,
     redact_url,
 )
 from cdcsync.sources.nats_options import SCHEMA, JetStreamOptions, NatsOptions, parse_options
+from cdcsync.sources.nats_streams import (
+    MIN_SERVER,
+    partition_filter,
+    partition_problem,
+    transform_dest,
+)
 
 __all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource", "connect_fast"]
 
@@ -120,11 +128,16 @@ def _text(exc: BaseException) -> str:
 
 
 class NatsSource:
-    """Delivers a flow's messages in stream order into a Trio channel."""
+    """Delivers a flow's messages in stream order into a Trio channel.
 
-    def __init__(self, flow: str, options: NatsOptions) -> None:
+    With ``partitions: N`` (N > 1) the flow's source reads nothing itself: it offers
+    :meth:`partitioning`, whose sources (``index`` = k) each read partition k.
+    """
+
+    def __init__(self, flow: str, options: NatsOptions, index: int | None = None) -> None:
         self.flow = flow
         self.options = options
+        self.index = index  # the partition this source reads; None: the whole stream
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
@@ -156,6 +169,22 @@ class NatsSource:
     def channel_size(self) -> int:
         js = self.options.jetstream
         return 2 * js.max_ack_pending + 16 if js is not None else self.options.buffer
+
+    @property
+    def durable(self) -> str:
+        """The durable consumer's name: the configured one, ``-p<k>`` for partition k."""
+        js = self.options.jetstream
+        assert js is not None
+        return js.durable if self.index is None else f"{js.durable}-p{self.index}"
+
+    def partitioning(self) -> Partitioning | None:
+        """The partitions and their membership, when the flow has ``partitions > 1``."""
+        js = self.options.jetstream
+        if js is None or js.partitions <= 1 or self.index is not None:
+            return None
+        from cdcsync.sources.nats_members import Membership
+
+        return Membership(self)
 
     # --- lifecycle (Trio) ----------------------------------------------------------------
 
@@ -205,7 +234,10 @@ class NatsSource:
             start_after = None
         else:
             stream, created = identity
-            self._partition = Partition(stream, 0, sole=True)
+            if self.index is None:
+                self._partition = Partition(stream, 0, sole=True)
+            else:
+                self._partition = Partition(stream, self.index)
             start = await coordinator.assigned({self._partition: created})
             start_after = start[self._partition]
         self._wake = trio.Event()
@@ -287,7 +319,7 @@ class NatsSource:
         if js is None or self._js is None:
             return None
         try:
-            info = await aio(self._js.consumer_info, js.stream, js.durable)
+            info = await aio(self._js.consumer_info, js.stream, self.durable)
         except Exception:
             return None
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
@@ -378,9 +410,28 @@ class NatsSource:
     async def _aio_on_reconnect(self) -> None:
         log.info("nats reconnected", flow=self.flow)
 
+    def _server_problem(self) -> str | None:
+        """A server without stream subject transforms, for ``partitions > 1``."""
+        js_opts = self.options.jetstream
+        assert js_opts is not None
+        version = self._nc.connected_server_version
+        if js_opts.partitions <= 1 or (version.major, version.minor) >= MIN_SERVER:
+            return None
+        url = self._nc.connected_url
+        where = redact_url(url.geturl()) if url is not None else self._servers_text()
+        return (
+            f"nats-server {version} at {where} has no stream subject transforms: "
+            f"partitions: {js_opts.partitions} needs nats-server 2.10 or later (fix: upgrade "
+            f"the NATS servers, or set partitions: 1)"
+        )
+
     async def _aio_identity(self, create: bool) -> tuple[str, str]:
         js_opts = self.options.jetstream
         assert js_opts is not None
+        subject, partitions = self.options.subject, js_opts.partitions
+        too_old = self._server_problem()
+        if too_old is not None:
+            raise FatalSourceError(too_old)
         try:
             info = await self._js.stream_info(js_opts.stream)
         except nats.js.errors.NotFoundError:
@@ -388,8 +439,25 @@ class NatsSource:
                 return "", ""
             if not js_opts.create_stream:
                 raise SourceError(f"stream {js_opts.stream!r} does not exist") from None
-            log.info("creating stream", stream=js_opts.stream, subject=self.options.subject)
-            info = await self._js.add_stream(name=js_opts.stream, subjects=[self.options.subject])
+            log.info(
+                "creating stream", stream=js_opts.stream, subject=subject, partitions=partitions
+            )
+            config = js_api.StreamConfig(name=js_opts.stream, subjects=[subject])
+            if partitions > 1:
+                config.subject_transform = js_api.SubjectTransform(
+                    src=subject, dest=transform_dest(subject, partitions)
+                )
+            info = await self._js.add_stream(config)
+        tr = info.config.subject_transform
+        problem = partition_problem(
+            js_opts.stream,
+            list(info.config.subjects or []),
+            (tr.src or "", tr.dest or "") if tr is not None else None,
+            subject,
+            partitions,
+        )
+        if problem is not None:
+            raise FatalSourceError(problem)
         subjects = list(info.config.subjects or [])
         if create and not any(_covers(p, self.options.subject) for p in subjects):
             # Several flows may share one stream: add this flow's subject to it.
@@ -411,18 +479,20 @@ class NatsSource:
             )
             return
         j = o.jetstream
+        durable = self.durable
+        subject = o.subject if self.index is None else partition_filter(o.subject, self.index)
         try:
-            await self._js.delete_consumer(j.stream, j.durable)
+            await self._js.delete_consumer(j.stream, durable)
         except nats.js.errors.NotFoundError:
             pass
         config = js_api.ConsumerConfig(
-            durable_name=j.durable,
+            durable_name=durable,
             deliver_subject=self._nc.new_inbox(),
             ack_policy=js_api.AckPolicy.ALL,
             ack_wait=float(j.ack_wait_s),
             max_ack_pending=j.max_ack_pending,
             max_deliver=-1,
-            filter_subject=o.subject,
+            filter_subject=subject,
             flow_control=True,
             idle_heartbeat=5.0,
         )
@@ -437,7 +507,7 @@ class NatsSource:
         self._sub = await self._js.subscribe_bind(
             j.stream,
             config,
-            j.durable,
+            durable,
             cb=self._aio_on_msg,
             manual_ack=True,
             pending_msgs_limit=self.channel_size(),
@@ -447,7 +517,7 @@ class NatsSource:
             "consumer started",
             flow=self.flow,
             stream=j.stream,
-            durable=j.durable,
+            durable=durable,
             start_seq=(start_after + 1) if start_after is not None else j.deliver,
         )
 
@@ -474,9 +544,12 @@ class NatsSource:
         else:
             self._seq += 1
             sseq = self._seq
+        subject = msg.subject
+        if self.index is not None:  # the subject as published: without the partition number
+            subject = subject[subject.find(".") + 1 :]
         try:
             send.send_nowait(
-                Delivery(sseq, msg.subject, msg.data, msg.reply, time.monotonic(), self._partition)
+                Delivery(sseq, subject, msg.data, msg.reply, time.monotonic(), self._partition)
             )
         except trio.WouldBlock:
             if self.options.jetstream is not None:
@@ -525,6 +598,7 @@ SPEC = ComponentSpec(
         # max_ack_pending: 20000  # in-flight bound (memory)
         # ack_wait_s: 60
         # deliver: all            # all | new: where a flow with no checkpoint starts
+        # partitions: 1           # > 1: parallel partitions shared by the instances
       format: auto                # cdc | debezium | auto
 """,
     secrets=("password", "token", "nkey_seed"),
