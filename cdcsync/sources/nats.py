@@ -420,7 +420,8 @@ class NatsSource:
         url = self._nc.connected_url
         where = redact_url(url.geturl()) if url is not None else self._servers_text()
         return (
-            f"nats-server {version} at {where} has no stream subject transforms: "
+            f"nats-server {version.major}.{version.minor}.{version.patch} at {where} has no "
+            f"stream subject transforms: "
             f"partitions: {js_opts.partitions} needs nats-server 2.10 or later (fix: upgrade "
             f"the NATS servers, or set partitions: 1)"
         )
