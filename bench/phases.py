@@ -28,7 +28,17 @@ from cdcsync.progress import Progress
 
 __all__ = ["FLOWS", "PHASES", "Phases", "Run", "cleanup", "pg_execute", "prefill"]
 
-PHASES = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit", "sweep")
+PHASES = (
+    "cdcsync",
+    "flows3",
+    "fanout",
+    "latency",
+    "naive",
+    "pg-limit",
+    "nats-limit",
+    "scaling",
+    "sweep",
+)
 FLOWS = 3
 
 

@@ -45,6 +45,7 @@ from cdcsync.plugin import (
 from cdcsync.sources.nats_options import SCHEMA, JetStreamOptions, NatsOptions, parse_options
 from cdcsync.sources.nats_streams import (
     MIN_SERVER,
+    covers,
     partition_filter,
     partition_problem,
     transform_dest,
@@ -70,23 +71,6 @@ def _stream_lock() -> trio.Lock:
         lock = trio.Lock()
         _STREAM_LOCK.set(lock)
         return lock
-
-
-def _covers(pattern: str, subject: str) -> bool:
-    """True when every subject matching ``subject`` also matches ``pattern`` (NATS wildcards)."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s):
-            return False
-        if token == "*":
-            if s[i] == ">":
-                return False
-            continue
-        if token != s[i]:
-            return False
-    return len(p) == len(s)
 
 
 async def connect_fast(
@@ -168,7 +152,19 @@ class NatsSource:
 
     def channel_size(self) -> int:
         js = self.options.jetstream
-        return 2 * js.max_ack_pending + 16 if js is not None else self.options.buffer
+        return 2 * self.max_ack_pending + 16 if js is not None else self.options.buffer
+
+    @property
+    def max_ack_pending(self) -> int:
+        """The consumer's in-flight bound: a partition's share of the flow's (at least 1000,
+        or the flow's if lower), so that an instance running every partition holds about
+        what one consumer would, and a partition handed off drains quickly."""
+        js = self.options.jetstream
+        assert js is not None
+        if self.index is None:
+            return js.max_ack_pending
+        share = -(-js.max_ack_pending // js.partitions)
+        return max(share, min(js.max_ack_pending, 1000))
 
     @property
     def durable(self) -> str:
@@ -460,7 +456,7 @@ class NatsSource:
         if problem is not None:
             raise FatalSourceError(problem)
         subjects = list(info.config.subjects or [])
-        if create and not any(_covers(p, self.options.subject) for p in subjects):
+        if create and not any(covers(p, self.options.subject) for p in subjects):
             # Several flows may share one stream: add this flow's subject to it.
             log.info(
                 "adding subject to stream", stream=js_opts.stream, subject=self.options.subject
@@ -491,7 +487,7 @@ class NatsSource:
             deliver_subject=self._nc.new_inbox(),
             ack_policy=js_api.AckPolicy.ALL,
             ack_wait=float(j.ack_wait_s),
-            max_ack_pending=j.max_ack_pending,
+            max_ack_pending=self.max_ack_pending,
             max_deliver=-1,
             filter_subject=subject,
             flow_control=True,

@@ -12,6 +12,7 @@ import re
 
 __all__ = [
     "MIN_SERVER",
+    "covers",
     "partition_filter",
     "partition_problem",
     "stored_partitions",
@@ -113,3 +114,20 @@ def partition_problem(
     if subject not in subjects:
         return f"stream {stream!r} does not store {subject!r} (fix: a stream with {create})"
     return None
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """True when every subject matching ``subject`` also matches ``pattern`` (NATS wildcards)."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if token == "*":
+            if s[i] == ">":
+                return False
+            continue
+        if token != s[i]:
+            return False
+    return len(p) == len(s)
