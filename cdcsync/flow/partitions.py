@@ -20,6 +20,7 @@ import trio
 
 from cdcsync.errors import FatalSinkError, FatalSourceError
 from cdcsync.flow.batch import Partition
+from cdcsync.flow.stages import Backoff
 from cdcsync.plugin import Partitioning, PartitionState
 from cdcsync.stats import PartitionStats
 
@@ -118,10 +119,21 @@ class Partitioned:
             raise fatal[0]
 
     async def _membership(self, fatal: list[BaseException]) -> None:
-        try:
-            await self.partitioning.run(self._wanted, self.report)
-        except (FatalSourceError, FatalSinkError) as exc:
-            self._fatal(exc, fatal)
+        """The source's membership; what it does not ride out itself is a bug: log it, keep
+        the partitions running here (their fences keep them safe), and join again."""
+        backoff = Backoff(first=1.0, cap=30.0)
+        while True:
+            try:
+                await self.partitioning.run(self._wanted, self.report)
+                return
+            except (FatalSourceError, FatalSinkError) as exc:
+                self._fatal(exc, fatal)
+                return
+            except Exception as exc:
+                delay = backoff.next()
+                self.flow.stats.record_error(f"partition membership: {exc!r}")
+                log.error("partition membership failed", retry_in_s=delay, exc_info=exc)
+                await trio.sleep(delay)
 
     def _fatal(self, exc: BaseException, fatal: list[BaseException]) -> None:
         """Before anything ran the service refuses to start; later the flow shows ``failed``."""
