@@ -58,11 +58,12 @@ class Partitioned:
     def report(self) -> dict[Partition, PartitionState]:
         """The partitions this instance runs, for the other members."""
         me = self.partitioning.instance
-        return {
-            p: PartitionState(me, c.stats.status, c.stats.position, c.stats.pending)  # type: ignore[attr-defined]
-            for p, c in self.children.items()
-            if c.stats.status in HOLDING
-        }
+        out = {}
+        for p in self.children:
+            st = self.stats[p]
+            if st.status in HOLDING:
+                out[p] = PartitionState(me, st.status, st.position, st.pending)
+        return out
 
     def view(self) -> list[dict[str, Any]]:
         """Every partition: who runs it, where it is, how far behind, in what state."""
@@ -238,8 +239,5 @@ class Partitioned:
 
     def held(self) -> Mapping[int, PartitionStats]:
         """The statistics of the partitions this instance runs now, by index (metrics)."""
-        return {
-            p.index: c.stats  # type: ignore[misc]
-            for p, c in sorted(self.children.items(), key=lambda pc: pc[0].index)
-            if c.stats.status in HOLDING
-        }
+        held = sorted((p for p in self.children), key=lambda p: p.index)
+        return {p.index: self.stats[p] for p in held if self.stats[p].status in HOLDING}

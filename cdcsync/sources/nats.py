@@ -595,7 +595,6 @@ SPEC = ComponentSpec(
         # max_ack_pending: 20000  # in-flight bound (memory)
         # ack_wait_s: 60
         # deliver: all            # all | new: where a flow with no checkpoint starts
-        # partitions: 1           # > 1: parallel partitions shared by the instances
       format: auto                # cdc | debezium | auto
 """,
     secrets=("password", "token", "nkey_seed"),
