@@ -114,7 +114,8 @@ class Partitioned:
                 await self._supervise(nursery, fatal)
             finally:
                 with trio.CancelScope(shield=True):
-                    await self._stop_all()
+                    await self._leave()  # bounded: the others can take over while we drain
+                await self._drain()  # not shielded: a second signal must still stop us
             nursery.cancel_scope.cancel()
         if fatal:
             raise fatal[0]
@@ -195,13 +196,16 @@ class Partitioned:
             self._changed.set()
             self._refresh()
 
-    async def _stop_all(self) -> None:
-        """Leave the membership (the others take over as our fences go), then drain."""
+    async def _leave(self) -> None:
+        """Leave the membership: the others take our partitions as our fences go."""
         try:
             with trio.move_on_after(3):
                 await self.partitioning.leave()
         except Exception as exc:
             log.debug("leaving the membership failed", error=str(exc))
+
+    async def _drain(self) -> None:
+        """Stop every partition: each drains, commits, acknowledges and closes."""
         children = list(self.children.values())
         for child in children:
             child.stop()
