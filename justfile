@@ -30,11 +30,12 @@ check config="config/example.yaml":
 test *args:
     scripts/dev test {{args}}
 
-# lint and format check
+# lint, format check and strict type check
 lint:
     scripts/dev install
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/mypy
 
 # end-to-end benchmark, one table + bench/results/*.json (5-9 min); `just bench --quick`: smoke run (<1 min)
 bench *args:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import trio_asyncio
 
@@ -37,5 +37,4 @@ async def open_bridge() -> AsyncIterator[None]:
 
 async def aio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Await an asyncio coroutine function from Trio; cancellation propagates both ways."""
-    result: Any = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
-    return result
+    return cast(T, await trio_asyncio.aio_as_trio(fn)(*args, **kwargs))

@@ -95,7 +95,7 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
     None (after saying which paths were tried and how to make one) when there is none.
     """
-    given = [p for p in (getattr(args, "config", None), args.config_option) if p]
+    given: list[str] = [p for p in (getattr(args, "config", None), args.config_option) if p]
     if len(set(given)) > 1:
         print(
             f"cdcsync {args.command}: two configurations given ({given[0]} and -c {given[1]}); "

@@ -311,7 +311,7 @@ def _component(
     if not isinstance(node.data, dict):
         raise ConfigError(_err(path, line, f"{kind} must be a mapping"))
     type_name = implied_type or node.data.get("type")
-    if type_name not in specs:
+    if not isinstance(type_name, str) or type_name not in specs:
         known = ", ".join(sorted(specs))
         raise ConfigError(_err(path, line, f"unknown {kind} type {type_name!r} (known: {known})"))
     spec = specs[type_name]

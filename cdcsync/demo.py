@@ -397,8 +397,8 @@ def run(opts: DemoOptions) -> int:
         leaves = _leaves(group)
         if not all(isinstance(e, (OSError, CdcSyncError)) for e in leaves):
             raise
-        for exc in leaves:
-            print(f"cdcsync demo: cannot start cdcsync: {exc}", file=opts.err)
+        for leaf in leaves:
+            print(f"cdcsync demo: cannot start cdcsync: {leaf}", file=opts.err)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "LOCALHOST",
@@ -179,7 +179,7 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
     return preexec
 
 
-def _popen_options(tied: bool, sig: signal.Signals) -> dict[str, object]:
+def _popen_options(tied: bool, sig: signal.Signals) -> dict[str, Any]:
     """Popen keywords for a server tied to this process (see ``tied`` on the servers).
 
     Its own process group keeps a terminal's Ctrl-C away from it, so that we stop it in
@@ -300,7 +300,7 @@ class NatsServer(_Server):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **_popen_options(self.tied, signal.SIGTERM),  # type: ignore[call-overload]
+                **_popen_options(self.tied, signal.SIGTERM),
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -442,7 +442,7 @@ class PostgresServer(_Server):
         """URL of another database in this cluster (e.g. the suite's ``test``)."""
         return f"postgresql://postgres@{LOCALHOST}:{self.port}/{database}"
 
-    def _as_user(self) -> dict[str, object]:
+    def _as_user(self) -> dict[str, Any]:
         user = self._user
         if user is None:
             return {}
@@ -457,7 +457,7 @@ class PostgresServer(_Server):
             capture_output=True,
             text=True,
             check=False,
-            **self._as_user(),  # type: ignore[arg-type]
+            **self._as_user(),
         )
         if check and proc.returncode != 0:
             raise ServerError(
@@ -470,7 +470,7 @@ class PostgresServer(_Server):
         """``test -<flag> path`` as the server's user (always True when not root)."""
         if self._user is None:
             return True
-        probe = subprocess.run(["test", test, str(path)], check=False, **self._as_user())  # type: ignore[call-overload]
+        probe = subprocess.run(["test", test, str(path)], check=False, **self._as_user())
         return probe.returncode == 0
 
     def _reachable_binaries(self) -> None:
@@ -554,8 +554,8 @@ class PostgresServer(_Server):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **self._as_user(),  # type: ignore[arg-type]
-                **_popen_options(self.tied, signal.SIGINT),  # type: ignore[arg-type]
+                **self._as_user(),
+                **_popen_options(self.tied, signal.SIGINT),
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not self._ready():

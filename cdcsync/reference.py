@@ -47,7 +47,7 @@ def _kind(validator: Any) -> str:
     """The type of a value in words, from the validator (or its ``described(kind=...)``)."""
     override = getattr(validator, "kind", None)
     if override:
-        return override
+        return str(override)
     if isinstance(validator, config.EnvInt):
         low, high = validator._min, validator._max
         if low is not None and high is not None:

@@ -50,7 +50,8 @@ _cache: dict[str, dict[str, ComponentSpec]] = {}
 
 def _load_ref(ref: str) -> ComponentSpec:
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    spec: ComponentSpec = getattr(importlib.import_module(module), attr)
+    return spec
 
 
 def _load(kind: Kind) -> dict[str, ComponentSpec]:

@@ -129,7 +129,7 @@ def described(validator: _V, doc: str, example: str | None = None, kind: str | N
     the reference cannot drift from what the schema accepts. ``example`` is a YAML value
     (the default is shown when absent); ``kind`` overrides the type derived from the validator.
     """
-    validator.doc = doc  # type: ignore[attr-defined]
-    validator.example = example  # type: ignore[attr-defined]
-    validator.kind = kind  # type: ignore[attr-defined]
+    validator.doc = doc
+    validator.example = example
+    validator.kind = kind
     return validator

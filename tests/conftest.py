@@ -1,4 +1,5 @@
-"""Suite-wide fixtures: where the real NATS and PostgreSQL servers are, and unique names.
+"""Suite-wide fixtures: where the real NATS and PostgreSQL servers are, a throwaway Kafka
+broker, and unique names.
 
 Servers are shared by the whole session (starting them per test would dominate the
 run time); tests stay independent by naming their streams/schemas with `unique`.
@@ -7,9 +8,10 @@ run time); tests stay independent by naming their streams/schemas with `unique`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
-from servers import ensure_shared_services
+from servers import TansuBroker, ensure_shared_mariadb, ensure_shared_services
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +29,24 @@ def nats_url(_shared_services: tuple[str, str]) -> str:
 def pg_url(_shared_services: tuple[str, str]) -> str:
     """URL of the session's PostgreSQL database `test` (superuser, trust auth)."""
     return _shared_services[1]
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """URL of the session's MariaDB database `test` (root, empty password): the machine's
+    on 127.0.0.1:3306 when it answers, else a throwaway server (tests/servers.py)."""
+    return ensure_shared_mariadb()
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator[TansuBroker]:
+    """A Kafka-compatible broker (tansu, memory only) of this test's own, on a free port.
+
+    Function scope: it starts in ~30 ms (median of 20 starts here), and a test may kill or
+    restart it. Stopped at teardown, also when the test fails.
+    """
+    with TansuBroker() as broker:
+        yield broker
 
 
 @pytest.fixture

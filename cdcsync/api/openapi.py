@@ -10,7 +10,7 @@ __all__ = ["SPEC"]
 
 _JSON = {"application/json": {"schema": {"type": "object"}}}
 _FLOW = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _FLOW_FILTER = {"name": "flow", "in": "query", "schema": {"type": "string"}}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import hypercorn.config
 import trio
@@ -91,7 +91,7 @@ async def serve(
 
     ``task_status.started`` gets the bound addresses as URLs (``http://127.0.0.1:8080``).
     """
-    wrapped = wrap_app(FinishResponses(app), config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(cast(Any, FinishResponses(app)), config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)

@@ -47,6 +47,7 @@ from cdcsync.events import UNAVAILABLE, ChangeEvent, Op
 from cdcsync.flow.batch import UNPOSITIONED, Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks.reasons import ReasonGroup, Reasons
+from cdcsync.sinks.reasons import group as group_reasons
 from cdcsync.stats import instance_id
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "WriteResult",
     "aio",
     "described",
+    "group_reasons",
     "instance_id",
     "open_bridge",
     "redact_url",

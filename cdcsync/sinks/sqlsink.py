@@ -68,13 +68,20 @@ class Transaction(Protocol):
 class SqlOptions(Protocol):
     """The options every SQL destination has (each dialect's options add their own)."""
 
-    url: str
-    schema: str
-    state_schema: str
-    conflict_resolution: Mode
-    tables: dict[str, str]
-    truncate: bool
-    unmapped_tables: str
+    @property
+    def url(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def state_schema(self) -> str: ...
+    @property
+    def conflict_resolution(self) -> Mode: ...
+    @property
+    def tables(self) -> dict[str, str]: ...
+    @property
+    def truncate(self) -> bool: ...
+    @property
+    def unmapped_tables(self) -> str: ...
 
 
 class Dialect(Protocol):

@@ -89,9 +89,8 @@ async def connect_fast(
     expose(first_error)
     attempt = asyncio.ensure_future(nats.connect(**kwargs))
     try:
-        done, _ = await asyncio.wait(
-            {attempt, first_error}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        waiting: set[asyncio.Future[Any]] = {attempt, first_error}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         expose(None)
     if attempt not in done:

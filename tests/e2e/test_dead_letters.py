@@ -6,9 +6,12 @@ import datetime as dt
 import json
 from typing import Any
 
+import asyncpg
 import pytest
 import trio
 from harness import Env, envelope
+
+from cdcsync.bridge import aio
 
 USERS = """
 CREATE TABLE users (
@@ -223,16 +226,23 @@ CREATE TABLE typed (id int PRIMARY KEY, i4 int, c int CHECK (c >= 0));
 """
 
 
-async def writer_locks(env: Env, peak: list[int]) -> None:
-    """Sample the writer session's entries in the lock table (pg_locks) every 20 ms."""
-    while True:
-        rows = await env.sql(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE a.application_name = $1",
-            "cdcsync:f:primary",
-        )
-        peak[0] = max(peak[0], int(rows[0][0]))
-        await trio.sleep(0.02)
+async def writer_locks(env: Env, peak: list[int], done: trio.Event) -> None:
+    """Sample the writer session's entries in the lock table (pg_locks) every 20 ms until
+    ``done`` (one connection, closed at the end: never cancelled mid-query)."""
+    conn = await aio(asyncpg.connect, env.pg_url)
+    try:
+        while not done.is_set():
+            count = await aio(
+                conn.fetchval,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE a.application_name = $1",
+                "cdcsync:f:primary",
+            )
+            peak[0] = max(peak[0], int(count))
+            await trio.sleep(0.02)
+    finally:
+        with trio.CancelScope(shield=True):
+            await aio(conn.close)
 
 
 @pytest.mark.parametrize(
@@ -261,10 +271,13 @@ async def test_half_bad_huge_batch_costs_bounded_locks(
     peak = [0]
     started = trio.current_time()
     async with env.running(env.config(flow), nursery) as running:
+        done = trio.Event()
         async with trio.open_nursery() as sampler:
-            sampler.start_soon(writer_locks, env, peak)
-            await env.applied(count, timeout=120)  # a few seconds; more on a loaded machine
-            sampler.cancel_scope.cancel()
+            sampler.start_soon(writer_locks, env, peak, done)
+            try:
+                await env.applied(count, timeout=120)  # a few seconds; more on a loaded machine
+            finally:
+                done.set()
         stats = running.service.flows[0].stats.snapshot()
     elapsed = trio.current_time() - started
     print(f"{count} events, half bad ({bad}): {elapsed:.1f} s, peak locks {peak[0]}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from servers import NatsServer, PostgresServer
+from servers import MariaDBServer, NatsServer, PostgresServer
 
 
 @pytest.fixture
@@ -19,4 +19,12 @@ def nats_server() -> Iterator[NatsServer]:
 def pg_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster of this test's own, on a free port."""
     with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """A MariaDB server of this test's own, on a free port, database `test` created."""
+    with MariaDBServer() as server:
+        server.create_database("test")
         yield server
