@@ -47,6 +47,11 @@ soak seeds="1 2 3" events="100000" max_seconds="180" target="postgres":
     scripts/dev install
     .venv/bin/python tests/soak/soak.py --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}} --target {{target}}
 
+# the soak's partitioned mode: every flow in 4 partitions shared by 2 instances (nats-server 2.10+ from the wheel)
+soak-partitioned seeds="1 2 3" events="100000" max_seconds="180" instances="2":
+    scripts/dev install
+    .venv/bin/python tests/soak/soak.py --partitioned --instances {{instances}} --seed {{seeds}} --events {{events}} --max-seconds {{max_seconds}}
+
 # regenerate docs/reference/configuration.md from the schema (a test fails when it is stale)
 docs:
     scripts/dev install

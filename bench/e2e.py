@@ -45,6 +45,7 @@ from cpu import local_server_pid, wait_quiet
 from mysql_phases import mysql_facts
 from phases import FLOWS, MYSQL_PHASES, PHASES, Phases, Run, cleanup, pg_execute, prefill
 from report import TARGETS, code_fingerprint, format_table, machine_facts, summarize
+from scaling import format_scaling, run_scaling
 
 from cdcsync.progress import Progress
 
@@ -106,6 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sweep-events", type=int, help="events per sweep run (default min(events, 100000))"
     )
+    p.add_argument(
+        "--scaling-events",
+        type=int,
+        help="events per scaling run (default min(events, 200000); quick: events)",
+    )
     p.add_argument("--only", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
@@ -148,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeat = 1
     if args.keys is None:
         args.keys = max(1000, min(50_000, args.events // 4))
+    if args.scaling_events is None:
+        args.scaling_events = min(args.events, 200_000)
     if args.sweep_events is None:
         args.sweep_events = min(args.events, 100_000)
     if args.sweep is None:
@@ -252,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": phases.sweep,
         }
         plan = schedule(args)
+        if "scaling" in args.phases:
+            plan.append(("scaling", 0))
         with Progress(len(plan), "bench phases") as bar:
             for name, arg in plan:
                 if name == "sweep":
@@ -266,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                 background = wait_quiet(args.quiet_threshold, allowance)
                 waited += max(0.0, time.perf_counter() - t - 1.0)
                 try:
+                    if name == "scaling":
+                        report["scaling"] = scaling_phase(args, run)
+                        failed = failed or not report["scaling"]["ok"]
+                        bar.advance()
+                        continue
                     r = methods[name](arg)
                 except Exception as exc:
                     failed = True
@@ -283,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(lines))
     print()
+    if report.get("scaling"):
+        print(
+            f"scaling: one flow, {report['scaling']['events']:,} events, partitions and "
+            f"instances (own nats-server {report['scaling']['nats_version']})"
+        )
+        print(format_scaling(report["scaling"]))
+        print()
     for note in notes(runs, args):
         print(note)
     if args.quick:
@@ -323,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"results: {json_path}")
     return 1 if failed else 0
+
+
+def scaling_phase(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """The scaling phase on its own keyed workload (bench/scaling.py)."""
+    work = wl.generate(args.scaling_events, args.keys, f"{run.uid}.sc", seed=args.seed)
+    return run_scaling(args, run.uid, work)
 
 
 def notes(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> list[str]:

@@ -47,6 +47,7 @@ PHASES = (
     "mysql",
     "mysql-limit",
     "mysql-naive",
+    "scaling",
     "sweep",
 )
 MYSQL_PHASES = ("mysql", "mysql-limit", "mysql-naive")

@@ -190,6 +190,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     pub.add_argument("--rate", type=_rate, default=0.0, help="messages per second (default: fast)")
     pub.add_argument("--core", action="store_true", help="plain NATS even if a stream stores it")
+    pub.add_argument(
+        "--key",
+        metavar="FIELD",
+        help="put each message's FIELD (of data, after or before) where the subject says "
+        "{key}, e.g. cdc.users.{key} --key id (partitioned streams keep a key in one partition)",
+    )
     pub.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
 
     tail = sub.add_parser("tail", help="print messages arriving on a NATS subject")
@@ -372,7 +378,7 @@ def _tools(args: argparse.Namespace) -> int:
     from cdcsync import tools
 
     if args.command == "publish":
-        options = {"count": args.count, "rate": args.rate, "core": args.core}
+        options = {"count": args.count, "rate": args.rate, "core": args.core, "key": args.key}
         work = partial(tools.publish, args.server, args.subject, args.message, **options)
     else:
         work = partial(tools.tail, args.server, args.subject, count=args.count)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -257,8 +257,10 @@ class NatsServer(_Server):
         port: int | None = None,
         store_dir: str | Path | None = None,
         tied: bool = False,
+        args: Sequence[str] = (),
     ) -> None:
         self.port: int = port or free_port()
+        self.args = tuple(args)  # more command-line options (a cluster's, in the tests)
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="cdcsync-nats-"))
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +292,7 @@ class NatsServer(_Server):
             "-n", f"cdcsync-{self.port}",
             "-js",
             "-sd", str(self.store_dir),
+            *self.args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(

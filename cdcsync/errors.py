@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DecodeError",
     "FatalSinkError",
+    "FatalSourceError",
     "RetryableSinkError",
     "SinkError",
     "SourceError",
@@ -36,6 +37,11 @@ class DecodeError(CdcSyncError):
 
 class SourceError(CdcSyncError):
     """The source cannot deliver (server gone, consumer lost, sequence gap)."""
+
+
+class FatalSourceError(SourceError):
+    """The source cannot work as configured (a server too old for it, a stream set up
+    differently); retrying does not help, an operator must act."""
 
 
 class SinkError(CdcSyncError):

@@ -6,13 +6,38 @@ kept in one-second buckets over the last ten seconds.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BATCH_BUCKETS_S", "DestinationStats", "ErrorState", "FlowStats", "Histogram", "Rate"]
+__all__ = [
+    "BATCH_BUCKETS_S",
+    "DestinationStats",
+    "ErrorState",
+    "FlowStats",
+    "Histogram",
+    "PartitionStats",
+    "Rate",
+    "instance_id",
+]
 
 _WINDOW = 10
+_INSTANCE: list[str] = []
+
+
+def instance_id() -> str:
+    """This process's name among the instances of a deployment: host, pid and a random tag
+    (a restarted process is a new instance), with only ``[A-Za-z0-9_-]``."""
+    if not _INSTANCE:
+        host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
+        _INSTANCE.append(f"{host[:40] or 'host'}-{os.getpid()}-{secrets.token_hex(2)}")
+    return _INSTANCE[0]
+
+
 # Batch write durations, seconds (Prometheus histogram buckets).
 BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -173,3 +198,109 @@ class FlowStats(ErrorState):
         self.rate.reset()
         for d in self.destinations.values():
             d.reset()
+
+
+# --- one partition of a flow ---------------------------------------------------------------
+#
+# A partitioned flow runs each partition it owns as its own pipeline with its own statistics
+# (what the stages update, unchanged). Their counters also add up, as they change, into the
+# flow's statistics, so that everything reading a flow's figures (API, metrics, dashboard)
+# sees the flow's totals without knowing about partitions.
+
+_FLOW_COUNTERS = frozenset({"received", "acked", "restarts", "dropped"})
+_DEST_COUNTERS = frozenset(
+    {"written", "dead_lettered", "skipped", "batches", "failed_batches", "retries"}
+)
+
+
+class _TeeRate(Rate):
+    __slots__ = ("_parent",)
+
+    def __init__(self, parent: Rate) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def add(self, n: int) -> None:
+        super().add(n)
+        self._parent.add(n)
+
+
+class _TeeHistogram(Histogram):
+    __slots__ = ("_parent",)
+
+    def __init__(self, parent: Histogram) -> None:
+        super().__init__(parent.buckets)
+        self._parent = parent
+
+    def observe(self, value: float) -> None:
+        super().observe(value)
+        self._parent.observe(value)
+
+
+def _tee(obj: Any, name: str, value: Any, counters: frozenset[str]) -> None:
+    """Set ``name``; a counter's increase also goes to ``obj.parent``."""
+    parent = obj.__dict__.get("parent")
+    if parent is not None and name in counters:
+        object.__setattr__(parent, name, getattr(parent, name) + value - getattr(obj, name))
+    object.__setattr__(obj, name, value)
+    changed = obj.__dict__.get("on_change")
+    if changed is not None and name in ("status", "pending", "checkpoint", "last_error"):
+        changed()
+
+
+@dataclass
+class _PartitionDestinationStats(DestinationStats):
+    parent: DestinationStats | None = None
+    on_change: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parent is not None:
+            self.rate = _TeeRate(self.parent.rate)
+            self.latency = _TeeHistogram(self.parent.latency)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _tee(self, name, value, _DEST_COUNTERS)
+        if name == "last_batch_ms" and self.parent is not None:
+            self.parent.last_batch_ms = value
+
+    def record_error(self, error: str) -> None:
+        super().record_error(error)
+        if self.parent is not None:
+            self.parent.record_error(error)
+
+
+@dataclass
+class PartitionStats(FlowStats):
+    """The statistics of one partition's pipeline; counters add up into ``parent``'s."""
+
+    parent: FlowStats | None = None
+    index: int = 0
+    on_change: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parent is not None:
+            self.rate = _TeeRate(self.parent.rate)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _tee(self, name, value, _FLOW_COUNTERS)
+
+    def destination(self, name: str) -> DestinationStats:
+        if name not in self.destinations:
+            parent = self.parent.destination(name) if self.parent is not None else None
+            self.destinations[name] = _PartitionDestinationStats(
+                name, parent=parent, on_change=self.on_change
+            )
+        return self.destinations[name]
+
+    def record_error(self, error: str) -> None:
+        super().record_error(error)
+        if self.parent is not None:
+            self.parent.record_error(error)
+
+    @property
+    def position(self) -> int | None:
+        """The partition's lowest checkpoint over the destinations (None: one has none)."""
+        found = [d.checkpoint for d in self.destinations.values()]
+        if not found or any(c is None for c in found):
+            return None
+        return min(c for c in found if c is not None)

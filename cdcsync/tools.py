@@ -6,12 +6,14 @@ subject, and as a core NATS message otherwise; ``tail`` prints what arrives on a
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 import nats
 import nats.js.errors
+import orjson
 import trio
 
 from cdcsync.bridge import aio, open_bridge
@@ -20,7 +22,36 @@ from cdcsync.errors import CdcSyncError
 from cdcsync.progress import Progress
 from cdcsync.sources.nats import connect_fast
 
-__all__ = ["connect", "publish", "tail"]
+__all__ = ["connect", "keyed_subject", "publish", "tail"]
+
+_KEY = "{key}"
+_UNSAFE = re.compile(r"[^\w=-]")  # not one plain subject token: '.', '*', '>', spaces, ...
+
+
+def keyed_subject(template: str, field: str, payload: bytes, number: int) -> str:
+    """``template`` with ``{key}`` replaced by the message's ``field`` (in ``data``, Debezium's
+    ``after``/``before``, or at the top), so that a partitioned stream keeps each key in one
+    partition. Characters that cannot be in one subject token become ``_``."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise CdcSyncError(f"--key: message {number} is not JSON") from None
+    places = [body]
+    if isinstance(body, dict):
+        inner = body.get("payload")
+        places = [
+            body.get("data"),
+            body.get("after"),
+            body.get("before"),
+            *((inner.get("after"), inner.get("before")) if isinstance(inner, dict) else ()),
+            body,
+        ]
+    for place in places:
+        if isinstance(place, dict) and place.get(field) is not None:
+            value = place[field]
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            return template.replace(_KEY, _UNSAFE.sub("_", text)[:200] or "_")
+    raise CdcSyncError(f"--key: message {number} has no field {field!r} (in data, after or before)")
 
 
 def _payloads(text: str | None, stdin: TextIO, count: int) -> Iterator[bytes]:
@@ -63,17 +94,26 @@ async def publish(
     count: int = 1,
     rate: float = 0.0,
     core: bool = False,
+    key: str | None = None,
     stdin: TextIO = sys.stdin,
     out: TextIO = sys.stderr,
 ) -> int:
-    """Publish messages; returns how many were sent (and acknowledged, with JetStream)."""
+    """Publish messages; returns how many were sent (and acknowledged, with JetStream).
+
+    With ``key``, ``{key}`` in ``subject`` becomes each message's value of that field.
+    """
+    if (key is None) == (_KEY in subject):
+        raise CdcSyncError(
+            "--key FIELD and '{key}' in the subject go together (e.g. cdc.users.{key} --key id)"
+        )
     async with open_bridge():
         nc = await connect(server)
         js = nc.jetstream()
         use_js = False
+        probe = subject.replace(_KEY, "k")  # which stream stores the subjects it makes
         if not core:
             try:
-                await aio(js.find_stream_name_by_subject, subject)
+                await aio(js.find_stream_name_by_subject, probe)
                 use_js = True
             except nats.js.errors.NotFoundError:
                 print(f"no JetStream stream stores {subject}: publishing core NATS", file=out)
@@ -87,10 +127,13 @@ async def publish(
         progress = Progress(None if from_stdin else count, "publishing", stream=out)
         try:
             for payload in _payloads(text, stdin, count):
+                target = subject
+                if key is not None:
+                    target = keyed_subject(subject, key, payload, sent + 1)
                 if use_js:
-                    await aio(js.publish, subject, payload)
+                    await aio(js.publish, target, payload)
                 else:
-                    await aio(nc.publish, subject, payload)
+                    await aio(nc.publish, target, payload)
                 sent += 1
                 if count > 1 or from_stdin:
                     progress.advance()

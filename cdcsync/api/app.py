@@ -160,7 +160,14 @@ def create_app(
         return _error(404, f"no flow named {name!r}")
 
     def view(flow: Flow) -> dict[str, Any]:
-        return shown({**flow.describe(), "state": flow.stats.snapshot(), "paused": flow.paused})
+        return shown(
+            {
+                **flow.describe(),
+                "state": flow.stats.snapshot(),
+                "paused": flow.paused,
+                "partitions": flow.partitions(),
+            }
+        )
 
     def toggle(name: str, pause: bool) -> Response:
         flow = by_name.get(name)

@@ -66,14 +66,40 @@ def render(flows: Sequence[Flow], uptime_s: float) -> str:
             help_text,
             (f"{name}{_labels(flow=f.name)} {getattr(f.stats, attr)}" for f in flows),
         )
+    # A partitioned flow's figures per partition it runs here (label ``partition``).
+    held = [
+        (f, str(k), p)
+        for f in flows
+        if f.partitioned is not None
+        for k, p in f.partitioned.held().items()
+    ]
     out += _family(
         "cdcsync_consumer_pending",
         "gauge",
         "JetStream messages not yet delivered plus delivered but unacknowledged.",
+        [
+            *(
+                f"cdcsync_consumer_pending{_labels(flow=f.name)} {f.stats.pending}"
+                for f in flows
+                if f.stats.pending is not None and f.partitioned is None
+            ),
+            *(
+                f"cdcsync_consumer_pending{_labels(flow=f.name, partition=k)} {p.pending}"
+                for f, k, p in held
+                if p.pending is not None
+            ),
+        ],
+    )
+    out += _family(
+        "cdcsync_partition_owned",
+        "gauge",
+        "1 for each partition of a partitioned flow that this instance runs, 0 for the others.",
         (
-            f"cdcsync_consumer_pending{_labels(flow=f.name)} {f.stats.pending}"
+            f"cdcsync_partition_owned{_labels(flow=f.name, partition=str(p['index']))} "
+            f"{int(p['here'])}"
             for f in flows
-            if f.stats.pending is not None
+            if f.partitioned is not None
+            for p in f.partitioned.view()
         ),
     )
     out += _family(
@@ -133,12 +159,22 @@ def render(flows: Sequence[Flow], uptime_s: float) -> str:
     out += _family(
         "cdcsync_checkpoint_sequence",
         "gauge",
-        "Last stream sequence committed in the destination.",
-        (
-            f"cdcsync_checkpoint_sequence{_labels(flow=f.name, destination=d.name)} {d.checkpoint}"
-            for f, d in dests
-            if d.checkpoint is not None
-        ),
+        "Last stream sequence committed in the destination (per partition when partitioned).",
+        [
+            *(
+                f"cdcsync_checkpoint_sequence{_labels(flow=f.name, destination=d.name)} "
+                f"{d.checkpoint}"
+                for f, d in dests
+                if d.checkpoint is not None
+            ),
+            *(
+                f"cdcsync_checkpoint_sequence"
+                f"{_labels(flow=f.name, destination=d.name, partition=k)} {d.checkpoint}"
+                for f, k, p in held
+                for d in p.destinations.values()
+                if d.checkpoint is not None
+            ),
+        ],
     )
     hist: list[str] = []
     for f, d in dests:

@@ -70,7 +70,11 @@ SPEC: dict[str, Any] = {
         ),
         "/api/system": _get("Process CPU, memory, connections, uptime, version"),
         "/api/flows": _get("Every flow's configuration (secrets redacted) and state"),
-        "/api/flows/{name}": _get("One flow", parameters=[_FLOW]),
+        "/api/flows/{name}": _get(
+            "One flow: configuration, state, and `partitions` (index, owner, here, status,"
+            " position, lag)",
+            parameters=[_FLOW],
+        ),
         "/api/flows/{name}/pause": _post(
             "Stop reading and drain; nothing is lost or acked early", parameters=[_FLOW]
         ),

@@ -18,11 +18,18 @@ import trio
 
 from cdcsync import registry
 from cdcsync.config import FlowConfig
-from cdcsync.errors import FatalSinkError, RetryableSinkError, SinkError, SourceError
+from cdcsync.errors import (
+    FatalSinkError,
+    FatalSourceError,
+    RetryableSinkError,
+    SinkError,
+    SourceError,
+)
 from cdcsync.flow.lane import Lane, _StoppedWhileWaiting
+from cdcsync.flow.partitions import HOLDING, Partitioned
 from cdcsync.flow.stages import Backoff
 from cdcsync.plugin import Destination, Source
-from cdcsync.stats import FlowStats
+from cdcsync.stats import FlowStats, instance_id
 
 __all__ = ["Flow"]
 
@@ -41,7 +48,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    for kind in (FatalSinkError, SourceError, SinkError, OSError):
+    for kind in (FatalSinkError, FatalSourceError, SourceError, SinkError, OSError):
         for exc in leaves:
             if isinstance(exc, kind):
                 return exc
@@ -49,14 +56,22 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class Flow:
-    """A flow's components, state and statistics; :meth:`run` supervises it."""
+    """A flow's components, state and statistics; :meth:`run` supervises it.
 
-    def __init__(self, config: FlowConfig) -> None:
+    A partition of a partitioned flow is a flow too, made with the partition's ``source``
+    and its own ``stats`` (see cdcsync/flow/partitions.py).
+    """
+
+    def __init__(
+        self, config: FlowConfig, *, source: Source | None = None, stats: FlowStats | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
-        self.stats = FlowStats(config.name)
-        src_spec = registry.sources()[config.source.type]
-        self.source: Source = src_spec.factory(config.name, config.source.options)
+        self.stats = stats if stats is not None else FlowStats(config.name)
+        if source is None:
+            src_spec = registry.sources()[config.source.type]
+            source = src_spec.factory(config.name, config.source.options)
+        self.source: Source = source
         self.stats.jetstream = bool(self.source.positioned)
         # Optional in the source protocol: the pending figure without a network call.
         self.local_pending: Callable[[], int | None] = getattr(
@@ -76,12 +91,18 @@ class Flow:
         self._reassigned = False  # set by a lane whose source returned for a new assignment
         self._running_since: float | None = None
         self.stopped = trio.Event()
+        # Optional in the source protocol: partitions that the instances share.
+        offer = getattr(self.source, "partitioning", None)
+        partitioning = offer() if callable(offer) else None
+        self.partitioned = Partitioned(self, partitioning) if partitioning is not None else None
 
     def stop(self) -> None:
         """Stop reading; in-flight batches are committed and acknowledged before run() returns."""
         self._stopping.set()
         self._run_stop.set()
         self._resumed.set()
+        if self.partitioned is not None:
+            self.partitioned.stop()
 
     def pause(self) -> None:
         """Stop reading and drain; the durable consumer stays, nothing is acked early."""
@@ -89,6 +110,8 @@ class Flow:
             self.paused = True
             self._resumed = trio.Event()
             self._run_stop.set()
+            if self.partitioned is not None:
+                self.partitioned.pause()
             log.info("flow pausing", flow=self.name)
 
     def resume(self) -> None:
@@ -96,14 +119,20 @@ class Flow:
         if self.paused:
             self.paused = False
             self._resumed.set()
+            if self.partitioned is not None:
+                self.partitioned.resume()
             log.info("flow resuming", flow=self.name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pipeline until stopped, restarting it after failures.
 
-        A :class:`FatalSinkError` before the flow ever ran (a mapped table missing or
-        without a key) is raised: the service refuses to start rather than guess.
+        A :class:`FatalSinkError` or :class:`FatalSourceError` before the flow ever ran (a
+        mapped table missing or without a key, a NATS server too old) is raised: the service
+        refuses to start rather than guess.
         """
+        if self.partitioned is not None:
+            await self._run_partitioned(task_status)
+            return
         bound = structlog.contextvars.bind_contextvars(flow=self.name)
         task_status.started()
         backoff = Backoff(first=0.5, cap=30.0)
@@ -134,7 +163,7 @@ class Flow:
                         backoff.reset()
                         continue
                     raise SourceError("source stopped unexpectedly")
-                except FatalSinkError as exc:
+                except (FatalSinkError, FatalSourceError) as exc:
                     self.stats.status = "failed"
                     self.stats.record_error(str(exc))
                     log.error("flow failed", error=str(exc))
@@ -169,6 +198,42 @@ class Flow:
                 await self._close()
             structlog.contextvars.reset_contextvars(**bound)
             self.stopped.set()
+
+    async def _run_partitioned(self, task_status: trio.TaskStatus[None]) -> None:
+        """One pipeline per partition this instance owns (cdcsync/flow/partitions.py)."""
+        assert self.partitioned is not None
+        bound = structlog.contextvars.bind_contextvars(flow=self.name)
+        task_status.started()
+        try:
+            await self.partitioned.run()
+        finally:
+            self.stats.status = "stopped" if self.stats.status != "failed" else "failed"
+            with trio.CancelScope(shield=True):
+                await self._close()
+            structlog.contextvars.reset_contextvars(**bound)
+            self.stopped.set()
+
+    def partitions(self) -> list[dict[str, Any]]:
+        """Each partition: its owner instance, position, lag and status (for the API)."""
+        if self.partitioned is not None:
+            return self.partitioned.view()
+        if not self.source.positioned:
+            return []
+        found = [d.checkpoint for d in self.stats.destinations.values()]
+        status = self.stats.status
+        here = status in HOLDING
+        return [
+            {
+                "index": 0,
+                "owner": instance_id() if here else None,
+                "here": here,
+                "status": status,
+                "position": min(c for c in found if c is not None)
+                if found and None not in found
+                else None,
+                "lag": self.stats.pending,
+            }
+        ]
 
     def _note_failure(self, exc: BaseException) -> None:
         self.stats.status = "degraded"

@@ -38,6 +38,7 @@ from cdcsync.errors import (
     ConfigError,
     DecodeError,
     FatalSinkError,
+    FatalSourceError,
     RetryableSinkError,
     SinkError,
     SourceError,
@@ -47,6 +48,7 @@ from cdcsync.flow.batch import UNPOSITIONED, Batch, Delivery, Item, Partition, W
 from cdcsync.registry import ComponentSpec
 from cdcsync.sinks.reasons import ReasonGroup, Reasons
 from cdcsync.sinks.reasons import group as group_reasons
+from cdcsync.stats import instance_id
 
 __all__ = [
     "UNAVAILABLE",
@@ -68,9 +70,12 @@ __all__ = [
     "EnvInt",
     "EnvStr",
     "FatalSinkError",
+    "FatalSourceError",
     "Item",
     "Op",
     "Partition",
+    "PartitionState",
+    "Partitioning",
     "ReasonGroup",
     "Reasons",
     "ReplayResult",
@@ -82,6 +87,7 @@ __all__ = [
     "aio",
     "described",
     "group_reasons",
+    "instance_id",
     "open_bridge",
     "redact_url",
     "scrub",
@@ -139,6 +145,62 @@ class Coordinator(Protocol):
         """Hand ``partitions`` off cleanly: waits until everything delivered of them (up to the
         given last position sent, None: nothing sent) is committed by every destination and
         acknowledged, then releases their fences. Keep the flow's channel moving meanwhile."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """A partition as the instance that runs it reports it (API and dashboard)."""
+
+    owner: str  # the instance (:func:`instance_id`)
+    status: str  # running, degraded, paused, failed (the flow statuses)
+    position: int | None = None  # the lowest checkpoint over the destinations
+    lag: int | None = None  # messages not yet delivered or not yet acknowledged
+
+
+class Partitioning(Protocol):
+    """Optional capability of a source split into partitions that several instances share.
+
+    A source offers it from ``partitioning()`` (returning None when its configuration is
+    not partitioned). The engine then runs every partition this instance should own as its
+    own pipeline, with its own source (:meth:`source`) and its own destination instances (one
+    writer connection per partition and destination), and the single-partition contract of
+    :class:`Source` and :class:`Coordinator` holds for each of them. Who owns what is only a
+    wish: the destinations' writer fences decide, so two instances that briefly disagree
+    cannot both write a partition (the second waits as a standby).
+    """
+
+    instance: str  # this instance's name among the members
+    partitions: Sequence[Partition]  # every partition of the flow, in order
+
+    async def run(
+        self,
+        wanted: Callable[[frozenset[Partition]], None],
+        report: Callable[[], Mapping[Partition, PartitionState]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take part in the membership until cancelled.
+
+        Calls ``wanted`` (never blocking) with the partitions this instance should own, each
+        time that changes; publishes ``report()`` (the partitions it runs) to the others.
+        Raises only what retrying cannot cure (:class:`FatalSourceError`); the rest (a
+        broker away for a while) it rides out, and gives its partitions up (``wanted`` with
+        nothing) when it cannot tell the others it is alive.
+        """
+        ...
+
+    async def leave(self) -> None:
+        """Leave at once (the instance is stopping), so the others need not wait for the
+        membership to expire before they take over."""
+        ...
+
+    def view(self) -> Mapping[Partition, PartitionState]:
+        """Every partition that some other instance reported running, as last reported."""
+        ...
+
+    def source(self, partition: Partition) -> Source:
+        """A new source that reads only ``partition``."""
         ...
 
 

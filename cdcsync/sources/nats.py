@@ -35,12 +35,21 @@ from cdcsync.plugin import (
     ComponentSpec,
     Coordinator,
     Delivery,
+    FatalSourceError,
     Partition,
+    Partitioning,
     SourceError,
     aio,
     redact_url,
 )
 from cdcsync.sources.nats_options import SCHEMA, JetStreamOptions, NatsOptions, parse_options
+from cdcsync.sources.nats_streams import (
+    MIN_SERVER,
+    covers,
+    partition_filter,
+    partition_problem,
+    transform_dest,
+)
 
 __all__ = ["SPEC", "JetStreamOptions", "NatsOptions", "NatsSource", "connect_fast"]
 
@@ -62,23 +71,6 @@ def _stream_lock() -> trio.Lock:
         lock = trio.Lock()
         _STREAM_LOCK.set(lock)
         return lock
-
-
-def _covers(pattern: str, subject: str) -> bool:
-    """True when every subject matching ``subject`` also matches ``pattern`` (NATS wildcards)."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s):
-            return False
-        if token == "*":
-            if s[i] == ">":
-                return False
-            continue
-        if token != s[i]:
-            return False
-    return len(p) == len(s)
 
 
 async def connect_fast(
@@ -119,11 +111,16 @@ def _text(exc: BaseException) -> str:
 
 
 class NatsSource:
-    """Delivers a flow's messages in stream order into a Trio channel."""
+    """Delivers a flow's messages in stream order into a Trio channel.
 
-    def __init__(self, flow: str, options: NatsOptions) -> None:
+    With ``partitions: N`` (N > 1) the flow's source reads nothing itself: it offers
+    :meth:`partitioning`, whose sources (``index`` = k) each read partition k.
+    """
+
+    def __init__(self, flow: str, options: NatsOptions, index: int | None = None) -> None:
         self.flow = flow
         self.options = options
+        self.index = index  # the partition this source reads; None: the whole stream
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
@@ -154,7 +151,35 @@ class NatsSource:
 
     def channel_size(self) -> int:
         js = self.options.jetstream
-        return 2 * js.max_ack_pending + 16 if js is not None else self.options.buffer
+        return 2 * self.max_ack_pending + 16 if js is not None else self.options.buffer
+
+    @property
+    def max_ack_pending(self) -> int:
+        """The consumer's in-flight bound: a partition's share of the flow's (at least 1000,
+        or the flow's if lower), so that an instance running every partition holds about
+        what one consumer would, and a partition handed off drains quickly."""
+        js = self.options.jetstream
+        assert js is not None
+        if self.index is None:
+            return js.max_ack_pending
+        share = -(-js.max_ack_pending // js.partitions)
+        return max(share, min(js.max_ack_pending, 1000))
+
+    @property
+    def durable(self) -> str:
+        """The durable consumer's name: the configured one, ``-p<k>`` for partition k."""
+        js = self.options.jetstream
+        assert js is not None
+        return js.durable if self.index is None else f"{js.durable}-p{self.index}"
+
+    def partitioning(self) -> Partitioning | None:
+        """The partitions and their membership, when the flow has ``partitions > 1``."""
+        js = self.options.jetstream
+        if js is None or js.partitions <= 1 or self.index is not None:
+            return None
+        from cdcsync.sources.nats_members import Membership
+
+        return Membership(self)
 
     # --- lifecycle (Trio) ----------------------------------------------------------------
 
@@ -204,7 +229,10 @@ class NatsSource:
             start_after = None
         else:
             stream, created = identity
-            self._partition = Partition(stream, 0, sole=True)
+            if self.index is None:
+                self._partition = Partition(stream, 0, sole=True)
+            else:
+                self._partition = Partition(stream, self.index)
             start = await coordinator.assigned({self._partition: created})
             start_after = start[self._partition]
         self._wake = trio.Event()
@@ -286,7 +314,7 @@ class NatsSource:
         if js is None or self._js is None:
             return None
         try:
-            info = await aio(self._js.consumer_info, js.stream, js.durable)
+            info = await aio(self._js.consumer_info, js.stream, self.durable)
         except Exception:
             return None
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
@@ -377,9 +405,29 @@ class NatsSource:
     async def _aio_on_reconnect(self) -> None:
         log.info("nats reconnected", flow=self.flow)
 
+    def _server_problem(self) -> str | None:
+        """A server without stream subject transforms, for ``partitions > 1``."""
+        js_opts = self.options.jetstream
+        assert js_opts is not None
+        version = self._nc.connected_server_version
+        if js_opts.partitions <= 1 or (version.major, version.minor) >= MIN_SERVER:
+            return None
+        url = self._nc.connected_url
+        where = redact_url(url.geturl()) if url is not None else self._servers_text()
+        return (
+            f"nats-server {version.major}.{version.minor}.{version.patch} at {where} has no "
+            f"stream subject transforms: "
+            f"partitions: {js_opts.partitions} needs nats-server 2.10 or later (fix: upgrade "
+            f"the NATS servers, or set partitions: 1)"
+        )
+
     async def _aio_identity(self, create: bool) -> tuple[str, str]:
         js_opts = self.options.jetstream
         assert js_opts is not None
+        subject, partitions = self.options.subject, js_opts.partitions
+        too_old = self._server_problem()
+        if too_old is not None:
+            raise FatalSourceError(too_old)
         try:
             info = await self._js.stream_info(js_opts.stream)
         except nats.js.errors.NotFoundError:
@@ -387,10 +435,27 @@ class NatsSource:
                 return "", ""
             if not js_opts.create_stream:
                 raise SourceError(f"stream {js_opts.stream!r} does not exist") from None
-            log.info("creating stream", stream=js_opts.stream, subject=self.options.subject)
-            info = await self._js.add_stream(name=js_opts.stream, subjects=[self.options.subject])
+            log.info(
+                "creating stream", stream=js_opts.stream, subject=subject, partitions=partitions
+            )
+            config = js_api.StreamConfig(name=js_opts.stream, subjects=[subject])
+            if partitions > 1:
+                config.subject_transform = js_api.SubjectTransform(
+                    src=subject, dest=transform_dest(subject, partitions)
+                )
+            info = await self._js.add_stream(config)
+        tr = info.config.subject_transform
+        problem = partition_problem(
+            js_opts.stream,
+            list(info.config.subjects or []),
+            (tr.src or "", tr.dest or "") if tr is not None else None,
+            subject,
+            partitions,
+        )
+        if problem is not None:
+            raise FatalSourceError(problem)
         subjects = list(info.config.subjects or [])
-        if create and not any(_covers(p, self.options.subject) for p in subjects):
+        if create and not any(covers(p, self.options.subject) for p in subjects):
             # Several flows may share one stream: add this flow's subject to it.
             log.info(
                 "adding subject to stream", stream=js_opts.stream, subject=self.options.subject
@@ -410,18 +475,20 @@ class NatsSource:
             )
             return
         j = o.jetstream
+        durable = self.durable
+        subject = o.subject if self.index is None else partition_filter(o.subject, self.index)
         try:
-            await self._js.delete_consumer(j.stream, j.durable)
+            await self._js.delete_consumer(j.stream, durable)
         except nats.js.errors.NotFoundError:
             pass
         config = js_api.ConsumerConfig(
-            durable_name=j.durable,
+            durable_name=durable,
             deliver_subject=self._nc.new_inbox(),
             ack_policy=js_api.AckPolicy.ALL,
             ack_wait=float(j.ack_wait_s),
-            max_ack_pending=j.max_ack_pending,
+            max_ack_pending=self.max_ack_pending,
             max_deliver=-1,
-            filter_subject=o.subject,
+            filter_subject=subject,
             flow_control=True,
             idle_heartbeat=5.0,
         )
@@ -436,7 +503,7 @@ class NatsSource:
         self._sub = await self._js.subscribe_bind(
             j.stream,
             config,
-            j.durable,
+            durable,
             cb=self._aio_on_msg,
             manual_ack=True,
             pending_msgs_limit=self.channel_size(),
@@ -446,7 +513,7 @@ class NatsSource:
             "consumer started",
             flow=self.flow,
             stream=j.stream,
-            durable=j.durable,
+            durable=durable,
             start_seq=(start_after + 1) if start_after is not None else j.deliver,
         )
 
@@ -473,9 +540,12 @@ class NatsSource:
         else:
             self._seq += 1
             sseq = self._seq
+        subject = msg.subject
+        if self.index is not None:  # the subject as published: without the partition number
+            subject = subject[subject.find(".") + 1 :]
         try:
             send.send_nowait(
-                Delivery(sseq, msg.subject, msg.data, msg.reply, time.monotonic(), self._partition)
+                Delivery(sseq, subject, msg.data, msg.reply, time.monotonic(), self._partition)
             )
         except trio.WouldBlock:
             if self.options.jetstream is not None:

@@ -93,6 +93,7 @@ class JetStreamOptions:
     ack_wait_s: int = 60
     deliver: str = "all"
     create_stream: bool = True
+    partitions: int = 1
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class NatsOptions:
                 "max_ack_pending": js.max_ack_pending,
                 "ack_wait_s": js.ack_wait_s,
                 "deliver": js.deliver,
+                "partitions": js.partitions,
             }
         for secret in ("password", "token", "nkey_seed"):
             if getattr(self, secret):
@@ -155,7 +157,14 @@ def parse_options(data: dict[str, Any]) -> NatsOptions:
             ack_wait_s=j["ack_wait_s"],
             deliver=j["deliver"],
             create_stream=j["create_stream"],
+            partitions=j["partitions"],
         )
+        if js.partitions > 1 and "*" not in data["subject"].split("."):
+            raise ValueError(
+                f"partitions: {js.partitions} needs a '*' wildcard in subject "
+                f"{data['subject']!r}: the tokens it matches decide the partition (e.g. "
+                f"cdc.*.* for cdc.<table>.<key>; '>' cannot be hashed)"
+            )
     tls = data.get("tls") or {}
     return NatsOptions(
         servers=servers,
@@ -214,6 +223,17 @@ _JETSTREAM = described(
                 EnvBool(),
                 "`false`: a missing stream is an error instead of being created.",
                 example="false",
+            ),
+            sy.Optional("partitions", default=1): described(
+                EnvInt(1, 1024),
+                "Split the flow into this many partitions, each with its own durable consumer "
+                "(`<durable>-p<k>`), checkpoint and writer fence, written in parallel and "
+                "shared between the instances that run this configuration. The tokens matched "
+                "by the subject's `*` wildcards decide a message's partition (order holds per "
+                "subject). Needs nats-server 2.10+; cdcsync creates the stream with the "
+                "subject transform, and never changes the count of an existing stream. "
+                "`1`: one partition, one writer (the instances stand by).",
+                example="8",
             ),
         }
     ),

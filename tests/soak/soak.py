@@ -250,6 +250,13 @@ class Soak:
         self.nats_ok.set()
         self.say(f"NATS {self.nats.url}, {self.db_label} {self.db.url} (databases {DATABASES})")
 
+    def workload(self, work: list[Msg]) -> list[Msg]:
+        """The messages as this mode publishes them (the partitioned mode keys subjects)."""
+        return work
+
+    def start_instances(self) -> None:
+        self.spawn()
+
     def spawn(self) -> CdcProcess:
         self.runs += 1
         self.proc = self.fleet.spawn(self.config, f"cdcsync-{self.runs}")
@@ -645,11 +652,11 @@ class Soak:
 
     async def run(self) -> SoakReport:
         r = self.report
-        work = make_workload(self.seed, self.events, self.poison)
+        work = self.workload(make_workload(self.seed, self.events, self.poison))
         meaning = {m.payload: m for m in work}
         r.intended = len(work)
         await self.setup()
-        self.spawn()
+        self.start_instances()
         watcher = asyncio.create_task(self.watch())
         try:
             injector = asyncio.create_task(self.injector() if self.inject else asyncio.sleep(0))
@@ -752,17 +759,30 @@ def run_soak(
     poison: tuple[str, ...] = POISON_KINDS,
     say: Callable[[str], None] = print,
     target: str = "postgres",
+    partitioned: bool = False,
+    instances: int = 2,
+    partitions: int = 4,
 ) -> SoakReport:
     """Run one soak and return its report; servers and processes are gone when it returns.
 
     ``publish_seconds`` (default 40 % of ``max_seconds``) spreads publishing so that the
     faults hit while events flow; waiting for the checkpoints ends at ``max_seconds``.
+    ``partitioned``: ``instances`` processes share every flow, split into ``partitions``
+    (tests/soak/soak_parts.py).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("cdcsync-*.log"):  # a reused workdir: logs are appended to
         old.unlink()
-    soak = Soak(seed, events, max_seconds, workdir, publish_seconds, faults, poison, say, target)
+    args = (seed, events, max_seconds, workdir, publish_seconds, faults, poison, say)
+    if partitioned:
+        from soak_parts import PartitionedSoak
+
+        if target != "postgres":
+            raise ValueError("the partitioned soak writes PostgreSQL only")
+        soak: Soak = PartitionedSoak(*args, instances=instances, partitions=partitions)
+    else:
+        soak = Soak(*args, target)
     try:
         report = asyncio.run(soak.run())
     finally:
@@ -790,6 +810,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target", choices=TARGETS, default="postgres", help="the destinations' database"
     )
+    parser.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="every flow split into --partitions, shared by --instances processes",
+    )
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args(argv)
     reports = []
     for seed in args.seed:
@@ -798,9 +825,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir
             else Path(tempfile.mkdtemp(prefix=f"cdcsync-soak-{seed}-"))
         )
+        mode = f", {args.instances} instances x {args.partitions} partitions" * args.partitioned
         print(
             f"=== soak seed {seed} into {args.target}: {args.events} events, "
-            f"at most {args.max_seconds} s"
+            f"at most {args.max_seconds} s{mode}"
         )
         reports.append(
             run_soak(
@@ -813,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
                 poison=tuple(args.poison),
                 say=lambda s: print(s, flush=True),
                 target=args.target,
+                partitioned=args.partitioned,
+                instances=args.instances,
+                partitions=args.partitions,
             )
         )
     if len(reports) > 1:

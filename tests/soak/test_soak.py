@@ -30,6 +30,19 @@ def test_chaos_soak_loses_nothing(tmp_path: Path, target: str) -> None:
     assert set(report.faults_by_kind) == set(FAULT_KINDS)
 
 
+@pytest.mark.slow
+def test_partitioned_chaos_soak_loses_nothing(tmp_path: Path) -> None:
+    """Two instances sharing every flow in 4 partitions, under every kind of fault (a kill -9
+    or SIGTERM hits one instance): each table equals the model, each poison message is one
+    dead letter, every partition's checkpoint reaches its last message."""
+    report = run_soak(
+        seed=2, events=10_000, max_seconds=90, workdir=tmp_path, partitioned=True, instances=2
+    )
+    assert report.verdict == "PASS", report.summary()
+    assert (report.lost, report.extra, report.duplicated) == (0, 0, 0), report.summary()
+    assert report.faults_by_kind["kill9"] + report.faults_by_kind["sigterm"] > 0
+
+
 async def test_bad_value_folded_with_a_later_event_of_its_key_is_dead_lettered(
     env: Env, nursery: trio.Nursery
 ) -> None:

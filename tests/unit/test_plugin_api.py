@@ -14,12 +14,22 @@ from cdcsync.plugin import Destination, Source
 ROOT = Path(__file__).resolve().parents[2] / "cdcsync"
 # Each built-in component: its own modules (a package, or a module and its *_options module).
 COMPONENTS = {
-    "nats": ["sources/nats.py", "sources/nats_options.py"],
+    "nats": [
+        "sources/nats.py",
+        "sources/nats_options.py",
+        "sources/nats_streams.py",
+        "sources/nats_members.py",
+    ],
     "postgres": ["sinks/postgres"],
     "mysql": ["sinks/mysql"],
 }
 OWN = {
-    "nats": ("cdcsync.sources.nats", "cdcsync.sources.nats_options"),
+    "nats": (
+        "cdcsync.sources.nats",
+        "cdcsync.sources.nats_options",
+        "cdcsync.sources.nats_streams",
+        "cdcsync.sources.nats_members",
+    ),
     "postgres": ("cdcsync.sinks.postgres",),
     "mysql": ("cdcsync.sinks.mysql",),
 }

@@ -13,6 +13,12 @@ import {
   formatRate,
   showDropped,
 } from "../model";
+import {
+  type PartitionView,
+  ownerLabel,
+  partitionHeadline,
+  summarizePartitions,
+} from "../partitions";
 import { DeadLetters } from "./DeadLetters";
 
 export function FlowPage({
@@ -31,6 +37,7 @@ export function FlowPage({
   // `tick` is the change signal of the mutable history.
   const series = useMemo(() => history.flowSeries(name), [history, name, tick]);
   const source = useFlowSource(name);
+  const partitions = usePartitions(name);
   const range = timeRange(series.pending); // one point per snapshot: the whole window
   const throughput = useMemo(
     () =>
@@ -224,6 +231,8 @@ export function FlowPage({
         <DestinationsTable destinations={flow.destinations} />
       </section>
 
+      {partitions && partitions.length > 1 && <PartitionsCard partitions={partitions} />}
+
       <DeadLetters flow={flow.name} count={flow.dead_lettered} />
     </div>
   );
@@ -244,6 +253,86 @@ function useFlowSource(name: string): { type?: string; jetstream?: unknown } | u
     };
   }, [name]);
   return source;
+}
+
+const PARTITIONS_POLL_MS = 2000;
+
+/** The flow's partitions (GET /api/flows/{name}), every 2 s: owners move between instances. */
+function usePartitions(name: string): PartitionView[] | undefined {
+  const [parts, setParts] = useState<PartitionView[]>();
+  useEffect(() => {
+    let gone = false;
+    const load = () =>
+      getJson<FlowView>(`/api/flows/${encodeURIComponent(name)}`)
+        .then((view) => {
+          if (!gone) setParts((view.partitions as PartitionView[] | undefined) ?? []);
+        })
+        .catch(() => {}); // the server away: the last figures stay until it is back
+    load();
+    const timer = setInterval(load, PARTITIONS_POLL_MS);
+    return () => {
+      gone = true;
+      clearInterval(timer);
+    };
+  }, [name]);
+  return parts;
+}
+
+function PartitionsCard({ partitions }: { partitions: PartitionView[] }) {
+  const summary = summarizePartitions(partitions);
+  const colour = new Map(summary.owners.map((o) => [o.owner, o.colour]));
+  const rows = [...partitions].sort((a, b) => a.index - b.index);
+  return (
+    <section className="card" data-testid="partitions">
+      <h2>
+        Partitions
+        <span className="unit" data-testid="partitions-headline">
+          {partitionHeadline(summary)}
+        </span>
+      </h2>
+      <div className="table-scroll">
+        <table className="table">
+          <thead>
+            <tr>
+              <th className="num">Partition</th>
+              <th>Owner</th>
+              <th>Status</th>
+              <th className="num">Position</th>
+              <th className="num">Lag</th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map((p) => (
+              <tr key={p.index} data-testid={`partition-row-${p.index}`} data-owner={p.owner ?? ""}>
+                <td className="num" data-label="Partition">
+                  {p.index}
+                </td>
+                <td data-label="Owner" data-testid={`partition-owner-${p.index}`}>
+                  {p.owner ? (
+                    <span className={`owner owner-${(colour.get(p.owner) ?? 0) % 6}`} title={p.owner}>
+                      {ownerLabel(p.owner)}
+                    </span>
+                  ) : (
+                    "–"
+                  )}
+                  {p.here && <span className="tag">this instance</span>}
+                </td>
+                <td data-label="Status">
+                  <Badge status={p.status} testId={`partition-status-${p.index}`} />
+                </td>
+                <td className="num" data-label="Position">
+                  {formatCount(p.position)}
+                </td>
+                <td className="num" data-label="Lag">
+                  {formatCount(p.lag)}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </section>
+  );
 }
 
 function DestinationsTable({ destinations }: { destinations: DestinationSnapshot[] }) {
