@@ -60,14 +60,26 @@ def unique() -> str:
 
 
 @pytest.fixture
-async def env(nats_url: str, pg_url: str, unique: str):  # type: ignore[no-untyped-def]
-    """A test's world (see harness.Env) with an asyncio loop bridged onto Trio."""
+def kafka_bootstrap() -> str | None:
+    """Where `env` reads from: None for JetStream; a module that runs its tests over Kafka
+    too overrides this with a parametrized fixture returning a broker's host:port."""
+    return None
+
+
+@pytest.fixture
+async def env(nats_url: str, pg_url: str, unique: str, kafka_bootstrap: str | None):  # type: ignore[no-untyped-def]
+    """A test's world (see harness.Env) with an asyncio loop bridged onto Trio; over Kafka
+    (kafkaenv.KafkaEnv) when `kafka_bootstrap` names a broker."""
     from harness import Env
+    from kafkaenv import KafkaEnv
 
     from cdcsync.bridge import open_bridge
 
     async with open_bridge():
-        world = Env(nats_url, pg_url, unique)
+        if kafka_bootstrap is None:
+            world = Env(nats_url, pg_url, unique)
+        else:
+            world = KafkaEnv(nats_url, pg_url, unique, kafka_bootstrap)
         try:
             yield world
         finally:
