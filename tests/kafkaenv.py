@@ -48,6 +48,7 @@ class KafkaEnv(Env):
         super().__init__(nats_url, pg_url, unique)
         self.bootstrap = bootstrap
         self.partitions = 4
+        self.nats_flows: set[str] = set()  # flows of flow_yaml() that read NATS instead
         self._topics: set[str] = set()
 
     def topic(self, flow: str = "f") -> str:
@@ -63,6 +64,8 @@ class KafkaEnv(Env):
     def source_yaml(
         self, name: str, jetstream: bool, fmt: str, subject: str | None, source_extra: str
     ) -> str:
+        if name in self.nats_flows:
+            return super().source_yaml(name, jetstream, fmt, subject, source_extra)
         settings = "".join(f"\n      {k}: {v}" for k, v in GROUP_SETTINGS.items())
         return f"""
       type: kafka
@@ -71,10 +74,12 @@ class KafkaEnv(Env):
       group: {self.unique}-{name}
       format: {fmt}{settings}{source_extra}"""
 
-    async def publish(self, subject: str, payloads: list[bytes], jetstream: bool = True) -> None:
-        """Produce to the topic of flow ``f`` in order, keyed by row key (``subject`` names
+    async def publish(
+        self, subject: str, payloads: list[bytes], jetstream: bool = True, flow: str = "f"
+    ) -> None:
+        """Produce to the topic of ``flow`` in order, keyed by row key (``subject`` names
         the table in the NATS tests; here the events carry it)."""
-        topic = await self.create_topic()
+        topic = await self.create_topic(flow)
         records: list[tuple[bytes | None, bytes | None]] = []
         key: bytes | None = None
         for payload in payloads:
@@ -110,7 +115,7 @@ class KafkaEnv(Env):
         self, config: cfg.Config, nursery: trio.Nursery, wait_running: bool = True
     ) -> AsyncIterator[Running]:
         for flow in config.flows:
-            if flow.source.type == "kafka":
+            if flow.name not in self.nats_flows:
                 await self.create_topic(flow.name)
         async with super().running(config, nursery, wait_running) as handle:
             yield handle

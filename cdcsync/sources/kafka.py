@@ -18,6 +18,7 @@ instance stays in the group (docs/dev/kafka-notes.md has the facts behind each c
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import deque
@@ -57,6 +58,8 @@ log = structlog.get_logger("cdcsync.sources.kafka")
 _POLL_MS = 200  # how long one getmany waits for records (also how soon a stop is seen)
 _PAUSED_POLL_MS = 50  # while the channel is full: poll, to stay in the group
 _MAX_PER_POLL = 2_000
+_HEALTH_EVERY_S = 5.0  # with nothing read for this long, ask the brokers for metadata
+_HEALTH_TIMEOUT_S = 10.0
 _COMMIT_TIMEOUT_S = 10.0
 _COMMIT_EVERY_S = 0.2
 _STOP_TIMEOUT_S = 10.0
@@ -194,7 +197,9 @@ class KafkaSource:
             try:
                 with trio.move_on_after(_STOP_TIMEOUT_S):
                     await aio(consumer.stop)
-            except Exception as exc:  # a broken connection: leaving the group is best effort
+            # A broken connection: leaving the group is best effort. aiokafka's stop() can
+            # re-raise the CancelledError of a fetch task it cancelled: not ours to obey.
+            except (Exception, asyncio.CancelledError) as exc:
                 log.debug("kafka consumer stop failed", flow=self.flow, error=detail(exc))
 
     # --- reading ---------------------------------------------------------------------------
@@ -212,6 +217,7 @@ class KafkaSource:
         size = self.options.buffer
         backlog = self._backlog
         paused = False
+        quiet_since = trio.current_time()
         while not stop.is_set():
             self._raise_failure()
             self._flush_backlog(send)
@@ -228,6 +234,11 @@ class KafkaSource:
                 max_records=max(1, min(free, _MAX_PER_POLL)),
             )
             now = time.monotonic()
+            if batch:
+                quiet_since = trio.current_time()
+            elif trio.current_time() - quiet_since > _HEALTH_EVERY_S:
+                await self._check_brokers(consumer)
+                quiet_since = trio.current_time()
             for tp, records in batch.items():
                 p = self._ready.get(tp)
                 if p is None:
@@ -245,6 +256,27 @@ class KafkaSource:
                     self._sent[tp] = r.offset
             self._check_positions(consumer)
         self._raise_failure()
+
+    async def _check_brokers(self, consumer: Any) -> None:
+        """After a quiet spell: are the brokers, and the topics, still there? aiokafka's
+        getmany only logs a lost broker and keeps returning nothing, which would look like
+        a topic without traffic; a failure here restarts the flow, degraded until it can
+        connect again (docs/dev/kafka-notes.md)."""
+        try:
+            with trio.fail_after(_HEALTH_TIMEOUT_S):
+                topics = set(await aio(consumer.topics))
+        except trio.TooSlowError:
+            raise SourceError(
+                f"the Kafka brokers {', '.join(self.options.brokers)} stopped answering "
+                f"(no metadata within {_HEALTH_TIMEOUT_S:g} s)"
+            ) from None
+        except Exception as exc:
+            raise SourceError(
+                f"lost the Kafka brokers {', '.join(self.options.brokers)}: {detail(exc)}"
+            ) from exc
+        missing = [t for t in self.options.topics if t not in topics]
+        if missing:
+            raise SourceError(missing_text(self.options, missing))
 
     def _flush_backlog(self, send: trio.MemorySendChannel[Delivery]) -> None:
         backlog = self._backlog
