@@ -22,8 +22,21 @@ _STOP_TIMEOUT_S = 10.0
 
 
 def detail(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _os_error(exc: OSError) -> str:
+    """Why a connection failed: trio's "all attempts to connect failed" hides the reasons
+    (connection refused, no route) in the exceptions it was raised from."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError):
+        exc = cause
+    return exc.strerror or str(exc)
 
 
 def _brokers(o: KafkaOptions) -> str:
@@ -141,7 +154,7 @@ async def _reachable(o: KafkaOptions) -> None:
         except trio.TooSlowError:
             failures.append(f"{broker}: no answer within {_TCP_TIMEOUT_S:g} s")
         except OSError as exc:
-            failures.append(f"{broker}: {exc.strerror or exc}")
+            failures.append(f"{broker}: {_os_error(exc)}")
     raise SourceError(
         f"cannot reach any Kafka broker ({'; '.join(failures)}) (fix: start the brokers, or "
         f"correct 'brokers')"
