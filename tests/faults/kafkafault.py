@@ -91,7 +91,14 @@ async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int
 
 
 def kafka_config(
-    directory: Path, *, bootstrap: str, topic: str, group: str, pg_url: str, schema: str, **extra: Any
+    directory: Path,
+    *,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    pg_url: str,
+    schema: str,
+    **extra: Any,
 ) -> Path:
     """One Kafka flow ``f`` (format cdc) into ``schema``, API on a free port."""
     settings = {**GROUP_SETTINGS, **extra}

@@ -56,8 +56,9 @@ def test_kill9_mid_run_applies_every_kafka_event_exactly_once(
         return await ledger_count(pg_url, schema)
 
     async def offsets_within_checkpoints(when: str) -> None:
-        done, committed = await checkpoints(pg_url, schema), await group_offsets(
-            bootstrap, group, topic
+        done, committed = (
+            await checkpoints(pg_url, schema),
+            await group_offsets(bootstrap, group, topic),
         )
         ahead = {p: (n, done.get(p)) for p, n in committed.items() if n > done.get(p, -1) + 1}
         assert not ahead, f"{when}: committed offsets ahead of the checkpoints: {ahead}"
