@@ -121,3 +121,14 @@ def test_sasl_password_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shown["sasl"] == {"mechanism": "SCRAM-SHA-512", "username": "cdc", "password": "***"}
     assert "pa55-w0rd-xyz" not in repr(shown)
     assert "pa55-w0rd-xyz" in config.secrets()
+
+
+def test_two_flows_in_one_group_are_refused() -> None:
+    """Two flows in one consumer group would split the partitions: refused at the second."""
+    flow = BASE.split("flows:\n", 1)[1].format(source="      topics: [a]\n      group: g")
+    text = "flows:\n" + flow + flow.replace("name: customers", "name: orders")
+    with pytest.raises(ConfigError) as info:
+        loads(text, "c.yaml")
+    [message] = info.value.errors
+    assert "consumer group 'g', as flow 'customers' does" in message
+    assert message.startswith(f"c.yaml:{text.splitlines().index('    source:', 12) + 1}:")
