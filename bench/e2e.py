@@ -7,6 +7,8 @@ One run pre-fills fresh JetStream streams with realistic change events (see
   columns, 50,000 keys, ack after commit, checkpoints), timed from start until the
   destination's checkpoint covers the last message; its resident memory is sampled
   every 100 ms and its first committed batch timed;
+- ``kafka``: the same, read from a Kafka topic (keyed by row, 4 partitions) by the
+  Kafka source: events/s next to the NATS source's, same workload, same run;
 - ``flows3``: the same events split by key over three streams, three flows and
   three tables, all in one service: aggregate events/s;
 - ``fanout``: one flow writing every batch to two databases on the same server;
@@ -40,6 +42,7 @@ from typing import Any
 
 import workload as wl  # bench/ is on sys.path: this file is run as a script
 from cpu import local_server_pid, wait_quiet
+from kafka_phase import Broker, prefill_kafka
 from phases import FLOWS, PHASES, Phases, Run, cleanup, pg_execute, prefill
 from report import TARGETS, code_fingerprint, format_table, machine_facts, summarize
 
@@ -51,7 +54,7 @@ assert "trio_asyncio" not in sys.modules, "the baselines must run on plain async
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHASES = PHASES[:-1]  # and the sweep, when --sweep names batch sizes
-REPEATED = ("cdcsync", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit")
+REPEATED = ("cdcsync", "kafka", "flows3", "fanout", "latency", "naive", "pg-limit", "nats-limit")
 
 # --- main ----------------------------------------------------------------------------------
 
@@ -68,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="results file (default bench/results/e2e-<timestamp>.json)")
     p.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument(
+        "--kafka-bootstrap",
+        help="a Kafka broker host:port for the kafka phase (default: a throwaway tansu)",
+    )
+    p.add_argument("--kafka-partitions", type=int, default=4, help="the kafka phase's topic")
     p.add_argument("--batch-size", type=int, default=2000, help="cdcsync max_size and pg chunk")
     p.add_argument("--max-delay-ms", type=int, default=50)
     p.add_argument("--max-ack-pending", type=int, default=20_000)
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     waited = 0.0
     phases: Phases | None = None
+    broker = Broker(args.kafka_bootstrap)
     try:
         streams = []
         if set(args.phases) & {"cdcsync", "fanout", "naive", "nats-limit", "sweep"}:
@@ -202,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             streams += [(s, subj, p) for (s, subj), p in zip(run.flow_streams, parts, strict=True)]
         fill = asyncio.run(prefill(run.nats_url, streams))
         print(f"prefill: {fill['events']:,} events in {fill['seconds']:.1f}s", flush=True)
+        if "kafka" in args.phases:
+            bootstrap = broker.start()
+            k = asyncio.run(prefill_kafka(bootstrap, run.kafka_topic, work, args.kafka_partitions))
+            fill["kafka"] = k | {"bootstrap": bootstrap, "broker_pid": broker.pid}
+            print(
+                f"prefill kafka: {k['events']:,} events in {k['seconds']:.1f}s to "
+                f"{args.kafka_partitions} partitions of {run.kafka_topic} on {bootstrap}",
+                flush=True,
+            )
         report["prefill"] = fill
         if "fanout" in args.phases:
             asyncio.run(pg_execute(run.pg_url, f"CREATE DATABASE {run.fanout_db}"))
@@ -213,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         methods: dict[str, Callable[[int], dict[str, Any]]] = {
             "cdcsync": phases.cdcsync,
+            "kafka": phases.kafka,
             "flows3": phases.flows3,
             "fanout": phases.fanout,
             "latency": phases.latency,
@@ -248,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.advance()
     finally:
         asyncio.run(cleanup(run))
+        broker.close()
 
     lines, summary = summarize(runs, args.latency_rate)
     print()
@@ -329,6 +349,8 @@ def describe(r: dict[str, Any]) -> str:
         )
     if r.get("memory", {}).get("max_rss_mb"):
         text += f"; max RSS {r['memory']['max_rss_mb']:.0f} MB"
+    if r.get("join_s") is not None:
+        text += f"; after joining the group in {r['join_s']:.2f}s"
     if r.get("first_commit_s") is not None and "latency" not in r:
         text += f"; first batch after {r['first_commit_s'] * 1000:.0f} ms"
     return text
