@@ -111,6 +111,9 @@ def group_consumer(o: KafkaOptions, flow: str) -> Any:
         # How long the group waits for a hand-off (aiokafka's default is the session).
         rebalance_timeout_ms=o.max_poll_interval_ms,
         metadata_max_age_ms=60_000,  # new topics of a topic_pattern within a minute
+        # Producers writing in transactions (Kafka Connect's exactly-once source support,
+        # which Debezium uses) may abort: such records must never be applied.
+        isolation_level="read_committed",
         **client_options(o, flow),
     )
 
