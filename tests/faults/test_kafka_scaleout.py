@@ -50,12 +50,20 @@ def owned(proc: CdcProcess) -> tuple[set[int], float | None]:
     return held, since
 
 
-async def written(api: str) -> int:
+async def _flow(api: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=2) as client:
         resp = await client.get(f"{api}/api/stats")
         resp.raise_for_status()
         flow: dict[str, Any] = resp.json()["flows"][0]
-        return int(flow["written"])
+        return flow
+
+
+async def written(api: str) -> int:
+    return int((await _flow(api))["written"])
+
+
+async def status(api: str) -> str:
+    return str((await _flow(api))["status"])
 
 
 @pytest.mark.slow
@@ -175,6 +183,13 @@ def test_frozen_instance_is_fenced_not_duplicated(
             await wait_for(all_applied, 120, "the checkpoints to cover every event", alive=b)
             problems = await outcome_problems(pg_url, schema, work)
             assert not problems, "\n".join(problems)
+            for proc in (a, b):  # neither is left showing standby once it writes again
+                api = await proc.api()
+
+                async def running(api: str = api) -> bool:
+                    return await status(api) == "running"
+
+                await wait_for(running, 15, f"{api} running again", alive=proc)
 
     try:
         asyncio.run(scenario())
