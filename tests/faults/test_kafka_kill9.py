@@ -18,7 +18,7 @@ from faultkit import (
     Fleet,
     create_schema,
     drop_schema,
-    ledger_count,
+    kill_mid_run,
     make_workload,
     outcome_problems,
     wait_for,
@@ -52,9 +52,6 @@ def test_kill9_mid_run_applies_every_kafka_event_exactly_once(
     )
     timings: dict[str, float] = {}
 
-    async def landed() -> int:
-        return await ledger_count(pg_url, schema)
-
     async def offsets_within_checkpoints(when: str) -> None:
         done, committed = (
             await checkpoints(pg_url, schema),
@@ -70,21 +67,11 @@ def test_kill9_mid_run_applies_every_kafka_event_exactly_once(
         await produce(bootstrap, topic, keyed(work.events))
         timings["produce"] = time.monotonic() - t
         with Fleet(tmp_path) as fleet:
-            kills = []
-            for run, threshold in enumerate((8_000, 20_000, 35_000), start=1):
-                proc = fleet.spawn(config, f"run{run}")
 
-                async def past(threshold: int = threshold) -> bool:
-                    return await landed() > threshold
-
-                timings[f"run{run} until kill"] = await wait_for(
-                    past, 90, f"more than {threshold} ledger rows", alive=proc
-                )
-                proc.kill9()
-                at_kill = await landed()
-                kills.append(at_kill)
-                assert at_kill < work.ledger_ids, "the kill came too late to test anything"
+            async def after_kill(run: int) -> None:
                 await offsets_within_checkpoints(f"after kill {run}")
+
+            kills = await kill_mid_run(fleet, config, pg_url, schema, work, timings, after_kill)
             final = fleet.spawn(config, "final")
 
             async def all_applied() -> bool:

@@ -50,6 +50,18 @@ def owned(proc: CdcProcess) -> tuple[set[int], float | None]:
     return held, since
 
 
+async def start_two(fleet: Fleet, config: Path) -> tuple[CdcProcess, CdcProcess]:
+    """Two instances of one configuration, once both hold partitions."""
+    a, b = fleet.spawn(config, "a"), fleet.spawn(config, "b")
+
+    async def shared() -> bool:
+        (ha, _), (hb, _) = owned(a), owned(b)
+        return bool(ha) and bool(hb) and not ha & hb and ha | hb == set(range(PARTITIONS))
+
+    await wait_for(shared, 30, "both instances holding partitions", alive=a)
+    return a, b
+
+
 async def _flow(api: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=2) as client:
         resp = await client.get(f"{api}/api/stats")
@@ -88,14 +100,8 @@ def test_two_instances_share_partitions_and_survive_kill9(
         await create_topic(bootstrap, topic)
         await produce(bootstrap, topic, records[:FIRST])
         with Fleet(tmp_path) as fleet:
-            a, b = fleet.spawn(config, "a"), fleet.spawn(config, "b")
+            a, b = await start_two(fleet, config)
             apis = [await a.api(), await b.api()]
-
-            async def shared() -> bool:
-                (ha, _), (hb, _) = owned(a), owned(b)
-                return bool(ha) and bool(hb) and not ha & hb and ha | hb == everything
-
-            await wait_for(shared, 30, "both instances holding partitions", alive=a)
             report["split"] = [sorted(owned(a)[0]), sorted(owned(b)[0])]
             producing = asyncio.create_task(
                 produce(bootstrap, topic, records[FIRST:], chunk=1_000, pause=0.1)
@@ -148,20 +154,13 @@ def test_frozen_instance_is_fenced_not_duplicated(
     config = kafka_config(
         tmp_path, bootstrap=bootstrap, topic=topic, group=group, pg_url=pg_url, schema=schema
     )
-    everything = set(range(PARTITIONS))
 
     async def scenario() -> None:
         await create_schema(pg_url, schema)
         await create_topic(bootstrap, topic)
         await produce(bootstrap, topic, records[:FIRST])
         with Fleet(tmp_path) as fleet:
-            a, b = fleet.spawn(config, "a"), fleet.spawn(config, "b")
-
-            async def shared() -> bool:
-                (ha, _), (hb, _) = owned(a), owned(b)
-                return bool(ha) and bool(hb) and ha | hb == everything
-
-            await wait_for(shared, 30, "both instances holding partitions", alive=a)
+            a, b = await start_two(fleet, config)
             producing = asyncio.create_task(
                 produce(bootstrap, topic, records[FIRST:], chunk=1_000, pause=0.1)
             )
