@@ -10,7 +10,7 @@ from harness import Env, envelope, wait_until
 from kafkaenv import KafkaEnv
 from kafkakit import aio_create_topic, aio_group_offsets, aio_produce, aio_topics
 from prometheus_client.parser import text_string_to_metric_families
-from servers import TansuBroker
+from servers import TansuBroker, free_port
 
 from cdcsync.bridge import aio
 from cdcsync.flow.pipeline import Flow
@@ -80,24 +80,41 @@ async def test_dead_letters_lag_and_group_offsets(env: KafkaEnv, nursery: trio.N
     assert state["consumer_pending"] == 0 and state["acked"] == 21
 
 
-async def test_missing_topic_degrades_only_its_flow(env: KafkaEnv, nursery: trio.Nursery) -> None:
-    """A flow whose topic does not exist reports degraded with the fix and creates no topic,
-    while another flow keeps applying; once the topic exists, the flow catches up."""
+async def test_broken_kafka_flows_degrade_alone(env: KafkaEnv, nursery: trio.Nursery) -> None:
+    """Kafka flows whose topic does not exist, whose broker is down, or whose SASL login is
+    refused each report degraded with the fix (no topic created), while a NATS flow of the
+    same process keeps applying; once the topic exists, its flow catches up."""
     await env.create_schema(ITEMS)
     env.nats_flows.add("n")
-    config = env.config(env.flow_yaml("n", fmt="cdc"), env.flow_yaml("k", fmt="cdc"))
-    async with Env.running(env, config, nursery, wait_running=False) as running:
-        k = flow(running.service.flows, "k")
-        await status_is(k, "degraded", f"'{env.topic('k')}' does not exist", "fix: create it")
-        await Env.publish(env, env.subject("n") + ".items", [item(1), item(2)])
-        await Env.applied(env, 2, flow="n")
-        assert env.topic("k") not in await aio(aio_topics, env.bootstrap)
-        async with httpx.AsyncClient(base_url=running.api) as client:
-            body = (await client.get("/api/flows/k")).json()
-        assert body["state"]["status"] == "degraded"
-        await env.publish("", [item(3), item(4)], flow="k")  # creates the topic
-        await env.applied(2, flow="k", timeout=40)
-        await status_is(k, "running")
+    down = f"127.0.0.1:{free_port()}"
+    sasl = "\n      sasl: {mechanism: SCRAM-SHA-256, username: cdc, password: n0t-the-0ne}"
+    with TansuBroker(authentication=True) as secured:
+        config = env.config(
+            env.flow_yaml("n", fmt="cdc"),
+            env.flow_yaml("k", fmt="cdc"),
+            env.flow_yaml("d", fmt="cdc").replace(env.bootstrap, down),
+            env.flow_yaml("s", fmt="cdc", source_extra=sasl).replace(
+                env.bootstrap, secured.bootstrap
+            ),
+        )
+        async with Env.running(env, config, nursery, wait_running=False) as running:
+            flows = running.service.flows
+            k = flow(flows, "k")
+            await status_is(k, "degraded", f"'{env.topic('k')}' does not exist", "fix: create")
+            await status_is(flow(flows, "d"), "degraded", "cannot reach any Kafka broker", down)
+            await status_is(flow(flows, "s"), "degraded", "refused the SASL login", "fix:")
+            await status_is(flow(flows, "n"), "running")
+            await Env.publish(env, env.subject("n") + ".items", [item(1), item(2)])
+            await Env.applied(env, 2, flow="n")
+            assert env.topic("k") not in await aio(aio_topics, env.bootstrap)
+            async with httpx.AsyncClient(base_url=running.api) as client:
+                body = (await client.get("/api/flows/k")).json()
+                health = await client.get("/health")
+            assert body["state"]["status"] == "degraded"
+            assert "n0t-the-0ne" not in health.text + str(body)
+            await env.publish("", [item(3), item(4)], flow="k")  # creates the topic
+            await env.applied(2, flow="k", timeout=40)
+            await status_is(k, "running")
     assert [r["id"] for r in await env.rows("items")] == [1, 2, 3, 4]
 
 
