@@ -57,6 +57,8 @@ log = structlog.get_logger("cdcsync.sources.kafka")
 
 _POLL_MS = 200  # how long one getmany waits for records (also how soon a stop is seen)
 _PAUSED_POLL_MS = 50  # while the channel is full: poll, to stay in the group
+_FULL_WAIT_S = 1.0  # a channel full this long pauses the partitions
+_ROOM_POLL_S = 0.005
 _MAX_PER_POLL = 2_000
 _HEALTH_EVERY_S = 5.0  # with nothing read for this long, ask the brokers for metadata
 _HEALTH_TIMEOUT_S = 10.0
@@ -211,8 +213,10 @@ class KafkaSource:
 
         Never cancelled in flight (aiokafka 0.14 then never counts the member idle again,
         docs/dev/kafka-notes.md): each call waits at most _POLL_MS. When the channel is
-        full the partitions are paused, and the calls go on, so the member stays in the
-        group; paused partitions drop what was prefetched and fetch it again on resume.
+        full, reading waits for room. Only when it stays full for _FULL_WAIT_S are the
+        partitions paused and polled on, so that the member stays in the group: a paused
+        partition drops what was prefetched (and fetches it again on resume), which is
+        worth it for a destination that stalls, not for one that merely keeps up.
         """
         size = self.options.buffer
         backlog = self._backlog
@@ -221,13 +225,16 @@ class KafkaSource:
         while not stop.is_set():
             self._raise_failure()
             self._flush_backlog(send)
-            free = size - send.statistics().current_buffer_used
-            if backlog or free <= 0:
+            room = not backlog and await self._room(send, stop)
+            if not room:
+                if not paused:
+                    log.debug("channel full: pausing the partitions", flow=self.flow)
                 paused = True
                 consumer.pause(*consumer.assignment())  # again after every rebalance
-            elif paused and free >= max(1, size // 2):
+            elif paused:
                 paused = False
                 consumer.resume(*consumer.assignment())
+            free = size - send.statistics().current_buffer_used
             batch = await aio(
                 consumer.getmany,
                 timeout_ms=_PAUSED_POLL_MS if paused else _POLL_MS,
@@ -277,6 +284,18 @@ class KafkaSource:
         missing = [t for t in self.options.topics if t not in topics]
         if missing:
             raise SourceError(missing_text(self.options, missing))
+
+    async def _room(self, send: trio.MemorySendChannel[Delivery], stop: trio.Event) -> bool:
+        """Wait (up to _FULL_WAIT_S) until the channel can take a good part of a read."""
+        size = self.options.buffer
+        want = max(1, min(size // 2, _MAX_PER_POLL))
+        with trio.move_on_after(_FULL_WAIT_S):
+            while size - send.statistics().current_buffer_used < want:
+                if stop.is_set():
+                    return True
+                await trio.sleep(_ROOM_POLL_S)
+            return True
+        return False
 
     def _flush_backlog(self, send: trio.MemorySendChannel[Delivery]) -> None:
         backlog = self._backlog
