@@ -62,9 +62,9 @@ _ROOM_POLL_S = 0.005
 _MAX_PER_POLL = 2_000
 _HEALTH_EVERY_S = 5.0  # with nothing read for this long, ask the brokers for metadata
 _HEALTH_TIMEOUT_S = 10.0
-_COMMIT_TIMEOUT_S = 10.0
+_COMMIT_TIMEOUT_S = 5.0
 _COMMIT_EVERY_S = 0.2
-_STOP_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 5.0  # leaving the group is best effort (the checkpoints are the truth)
 
 
 class _Listener(ConsumerRebalanceListener):
