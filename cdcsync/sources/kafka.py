@@ -30,7 +30,7 @@ import structlog
 import trio
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, OffsetOutOfRangeError
 
 from cdcsync.plugin import (
     CdcSyncError,
@@ -64,6 +64,7 @@ _HEALTH_EVERY_S = 5.0  # with nothing read for this long, ask the brokers for me
 _HEALTH_TIMEOUT_S = 10.0
 _COMMIT_TIMEOUT_S = 5.0
 _COMMIT_EVERY_S = 0.2
+_COMMIT_RETRY_S = 1.0
 _STOP_TIMEOUT_S = 5.0  # leaving the group is best effort (the checkpoints are the truth)
 
 
@@ -144,6 +145,8 @@ class KafkaSource:
         self._first_assignment = trio.Event()
         self._handoff = trio.Lock()
         self._backlog.clear()
+        for state in (self._floor, self._sent, self._acked, self._committed):
+            state.clear()  # of an earlier run: this one starts from the checkpoints
         o = self.options
         consumer = group_consumer(o, self.flow)
         if o.topic_pattern is not None:
@@ -218,7 +221,8 @@ class KafkaSource:
         partition drops what was prefetched (and fetches it again on resume), which is
         worth it for a destination that stalls, not for one that merely keeps up.
         """
-        size = self.options.buffer
+        o = self.options
+        size = o.buffer
         backlog = self._backlog
         paused = False
         quiet_since = trio.current_time()
@@ -235,11 +239,16 @@ class KafkaSource:
                 paused = False
                 consumer.resume(*consumer.assignment())
             free = size - send.statistics().current_buffer_used
-            batch = await aio(
-                consumer.getmany,
-                timeout_ms=_PAUSED_POLL_MS if paused else _POLL_MS,
-                max_records=max(1, min(free, _MAX_PER_POLL)),
-            )
+            try:
+                batch = await aio(
+                    consumer.getmany,
+                    timeout_ms=_PAUSED_POLL_MS if paused else _POLL_MS,
+                    max_records=max(1, min(free, _MAX_PER_POLL)),
+                )
+            except OffsetOutOfRangeError as exc:
+                raise SourceError(self._out_of_range_text(exc)) from exc
+            except KafkaError as exc:
+                raise SourceError(f"reading {o.subscription()}: {detail(exc)}") from exc
             now = time.monotonic()
             if batch:
                 quiet_since = trio.current_time()
@@ -263,6 +272,18 @@ class KafkaSource:
                     self._sent[tp] = r.offset
             self._check_positions(consumer)
         self._raise_failure()
+
+    def _out_of_range_text(self, exc: OffsetOutOfRangeError) -> str:
+        where = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        found = ", ".join(f"{self._partition(tp)} offset {n}" for tp, n in where.items())
+        return (
+            f"the next offset to apply is not in the partition any more ({found or detail(exc)}):"
+            f" the topic's retention deleted messages before they were applied, or the topic "
+            f"was deleted and re-created. Reading on would skip them (fix: recover the missing "
+            f"events from the source database, e.g. a Debezium snapshot; then delete the "
+            f"flow's checkpoint rows of the topic in the destinations' state schema to read it "
+            f"from 'start')"
+        )
 
     async def _check_brokers(self, consumer: Any) -> None:
         """After a quiet spell: are the brokers, and the topics, still there? aiokafka's
@@ -364,13 +385,16 @@ class KafkaSource:
                 fresh.append(tp)
             else:
                 consumer.seek(tp, after + 1)
-                self._floor[tp] = after + 1
+                # Every destination has committed up to the checkpoint: the group may say so
+                # (its offset may be older, e.g. when the last commit before a crash failed).
+                self._floor[tp] = self._acked[tp] = after + 1
         if fresh:
             seek = consumer.seek_to_beginning if self.from_start else consumer.seek_to_end
             await aio(seek, *fresh)
             for tp in fresh:
                 self._floor[tp] = await aio(consumer.position, tp)
         self._ready.update(parts)
+        self._commit_wake.set()
         log.info(
             "partitions assigned",
             flow=self.flow,
@@ -428,16 +452,23 @@ class KafkaSource:
         return None
 
     async def _commit_loop(self) -> None:
+        """Commit what was acknowledged, at most every _COMMIT_EVERY_S; a failed commit
+        (a rebalance, the coordinator away) is tried again until it goes through, so that
+        the group's offsets catch up even when nothing more arrives."""
         while True:
             await self._commit_wake.wait()
             self._commit_wake = trio.Event()
-            await self._commit(None)
+            if not await self._commit(None):
+                self._commit_wake.set()
+                await trio.sleep(_COMMIT_RETRY_S)
             await trio.sleep(_COMMIT_EVERY_S)
 
-    async def _commit(self, only: set[TopicPartition] | None) -> None:
+    async def _commit(self, only: set[TopicPartition] | None) -> bool:
+        """Commit the acknowledged offsets (of ``only``) of the assigned partitions; False
+        when the commit failed."""
         consumer = self._consumer
         if consumer is None:
-            return
+            return True
         assigned = consumer.assignment()
         offsets = {
             tp: n
@@ -445,7 +476,7 @@ class KafkaSource:
             if (only is None or tp in only) and tp in assigned and self._committed.get(tp) != n
         }
         if not offsets:
-            return
+            return True
         try:
             with trio.move_on_after(_COMMIT_TIMEOUT_S) as scope:
                 await aio(consumer.commit, offsets)
@@ -455,14 +486,15 @@ class KafkaSource:
                 flow=self.flow,
                 error=detail(exc),
             )
-            return
+            return False
         except (KafkaError, AssertionError) as exc:
             log.warning("offset commit failed", flow=self.flow, error=detail(exc))
-            return
+            return False
         if scope.cancelled_caught:
             log.warning("offset commit timed out", flow=self.flow, seconds=_COMMIT_TIMEOUT_S)
-            return
+            return False
         self._committed.update(offsets)
+        return True
 
     # --- figures ---------------------------------------------------------------------------
 
