@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from faultkit import sql
+from faultkit import create_schema, sql
 from kafkakit import GROUP_SETTINGS, aio_create_topic, aio_group_offsets
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "group_offsets",
     "kafka_config",
     "keyed",
+    "prepare",
     "produce",
     "total_applied",
 ]
@@ -62,6 +63,15 @@ async def produce(
                 await asyncio.sleep(pause)
     finally:
         await producer.stop()
+
+
+async def prepare(
+    pg_url: str, schema: str, bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
+) -> None:
+    """The fault tables in ``schema``, the topic, and ``records`` produced to it."""
+    await create_schema(pg_url, schema)
+    await create_topic(bootstrap, topic)
+    await produce(bootstrap, topic, records)
 
 
 async def checkpoints(url: str, schema: str, flow: str = "f") -> dict[int, int]:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from faultkit import (
     Fleet,
-    create_schema,
     drop_schema,
     kill_mid_run,
     make_workload,
@@ -25,11 +24,10 @@ from faultkit import (
 )
 from kafkafault import (
     checkpoints,
-    create_topic,
     group_offsets,
     kafka_config,
     keyed,
-    produce,
+    prepare,
     total_applied,
 )
 from servers import TansuBroker
@@ -61,10 +59,8 @@ def test_kill9_mid_run_applies_every_kafka_event_exactly_once(
         assert not ahead, f"{when}: committed offsets ahead of the checkpoints: {ahead}"
 
     async def scenario() -> None:
-        await create_schema(pg_url, schema)
-        await create_topic(bootstrap, topic)
         t = time.monotonic()
-        await produce(bootstrap, topic, keyed(work.events))
+        await prepare(pg_url, schema, bootstrap, topic, keyed(work.events))
         timings["produce"] = time.monotonic() - t
         with Fleet(tmp_path) as fleet:
 

@@ -20,13 +20,12 @@ import pytest
 from faultkit import (
     CdcProcess,
     Fleet,
-    create_schema,
     drop_schema,
     make_workload,
     outcome_problems,
     wait_for,
 )
-from kafkafault import PARTITIONS, create_topic, kafka_config, keyed, produce, total_applied
+from kafkafault import PARTITIONS, kafka_config, keyed, prepare, produce, total_applied
 from kafkakit import GROUP_SETTINGS
 from servers import TansuBroker
 
@@ -96,9 +95,7 @@ def test_two_instances_share_partitions_and_survive_kill9(
     everything = set(range(PARTITIONS))
 
     async def scenario() -> None:
-        await create_schema(pg_url, schema)
-        await create_topic(bootstrap, topic)
-        await produce(bootstrap, topic, records[:FIRST])
+        await prepare(pg_url, schema, bootstrap, topic, records[:FIRST])
         with Fleet(tmp_path) as fleet:
             a, b = await start_two(fleet, config)
             apis = [await a.api(), await b.api()]
@@ -156,9 +153,7 @@ def test_frozen_instance_is_fenced_not_duplicated(
     )
 
     async def scenario() -> None:
-        await create_schema(pg_url, schema)
-        await create_topic(bootstrap, topic)
-        await produce(bootstrap, topic, records[:FIRST])
+        await prepare(pg_url, schema, bootstrap, topic, records[:FIRST])
         with Fleet(tmp_path) as fleet:
             a, b = await start_two(fleet, config)
             producing = asyncio.create_task(
