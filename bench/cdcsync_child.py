@@ -5,7 +5,8 @@ importing trio-asyncio patches asyncio process-wide, so the plain-asyncio
 baselines must not share a process with it.
 
 ``--spec`` is a JSON object: the flows (stream, subject, durable, the stream
-sequence that ends the phase, destinations), the batch settings and the server
+sequence that ends the phase, destinations; or a Kafka topic and the last offset of
+each partition), the batch settings and the server
 pids for CPU accounting. Timing starts just before ``Service.run`` and ends when
 every destination's checkpoint covers its flow's ``last_seq`` (every event
 committed); then the service is shut down gracefully.
@@ -63,17 +64,28 @@ def config_yaml(spec: dict[str, Any]) -> str:
     """The service configuration for ``spec`` (JSON is valid flow-style YAML for the values)."""
     lines = ["api: {enabled: false}", "flows:"]
     for f in spec["flows"]:
+        lines += [f"  - name: {f['name']}", "    source:"]
+        if "kafka" in f:  # {bootstrap, topic, group}
+            k = f["kafka"]
+            lines += [
+                "      type: kafka",
+                f"      brokers: [{json.dumps(k['bootstrap'])}]",
+                f"      topics: [{json.dumps(k['topic'])}]",
+                f"      group: {k['group']}",
+                f"      buffer: {spec['max_ack_pending']}",
+            ]
+        else:
+            lines += [
+                "      type: nats",
+                f"      servers: [{json.dumps(spec['nats_url'])}]",
+                f"      subject: {json.dumps(f['subject'])}",
+                "      jetstream:",
+                f"        stream: {f['stream']}",
+                f"        durable: {f['durable']}",
+                f"        max_ack_pending: {spec['max_ack_pending']}",
+                "        create_stream: false",
+            ]
         lines += [
-            f"  - name: {f['name']}",
-            "    source:",
-            "      type: nats",
-            f"      servers: [{json.dumps(spec['nats_url'])}]",
-            f"      subject: {json.dumps(f['subject'])}",
-            "      jetstream:",
-            f"        stream: {f['stream']}",
-            f"        durable: {f['durable']}",
-            f"        max_ack_pending: {spec['max_ack_pending']}",
-            "        create_stream: false",
             "      format: cdc",
             f"    batch: {{max_size: {spec['batch_size']}, max_delay_ms: {spec['max_delay_ms']}}}",
             "    destinations:",
@@ -93,19 +105,26 @@ def config_yaml(spec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _committed(flow: Flow, last_seq: int | None) -> bool:
-    if last_seq is None:
+def _committed(flow: Flow, last: int | dict[str, int] | None) -> bool:
+    """Every destination's checkpoint covers ``last``: a stream sequence, or the last offset
+    of each partition (Kafka: {partition index: offset})."""
+    if last is None:
         return False
+    if isinstance(last, dict):
+        return all(
+            {str(p.index): n for p, n in sink.checkpoints().items()}.get(k, -1) >= n
+            for sink in flow.sinks
+            for k, n in last.items()
+        )
     return all(
-        d.checkpoint is not None and d.checkpoint >= last_seq
-        for d in flow.stats.destinations.values()
+        d.checkpoint is not None and d.checkpoint >= last for d in flow.stats.destinations.values()
     )
 
 
 async def measure(spec: dict[str, Any], out: dict[str, Any]) -> None:
     service = Service(cfg.loads(config_yaml(spec), path="bench.yaml"))
     flows = service.flows
-    targets: dict[str, int | None] = {f["name"]: f.get("last_seq") for f in spec["flows"]}
+    targets: dict[str, Any] = {f["name"]: f.get("last_seq") for f in spec["flows"]}
     shutdown = trio.Event()
     gc_meter = GcMeter()
     done: dict[str, float] = {}

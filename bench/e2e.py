@@ -7,6 +7,8 @@ One run pre-fills fresh JetStream streams with realistic change events (see
   columns, 50,000 keys, ack after commit, checkpoints), timed from start until the
   destination's checkpoint covers the last message; its resident memory is sampled
   every 100 ms and its first committed batch timed;
+- ``kafka``: the same, read from a Kafka topic (keyed by row, 4 partitions) by the
+  Kafka source: events/s next to the NATS source's, same workload, same run;
 - ``flows3``: the same events split by key over three streams, three flows and
   three tables, all in one service: aggregate events/s;
 - ``fanout``: one flow writing every batch to two databases on the same server;
@@ -42,6 +44,7 @@ from typing import Any
 
 import workload as wl  # bench/ is on sys.path: this file is run as a script
 from cpu import local_server_pid, wait_quiet
+from kafka_phase import Broker, prefill_kafka
 from mysql_phases import mysql_facts
 from phases import FLOWS, MYSQL_PHASES, PHASES, Phases, Run, cleanup, pg_execute, prefill
 from report import TARGETS, code_fingerprint, format_table, machine_facts, summarize
@@ -57,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHASES = PHASES[:-1]  # and the sweep, when --sweep names batch sizes
 REPEATED = (
     "cdcsync",
+    "kafka",
     "flows3",
     "fanout",
     "latency",
@@ -84,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306/test")
+    p.add_argument(
+        "--kafka-bootstrap",
+        help="a Kafka broker host:port for the kafka phase (default: a throwaway tansu)",
+    )
+    p.add_argument("--kafka-partitions", type=int, default=4, help="the kafka phase's topic")
     p.add_argument("--batch-size", type=int, default=2000, help="cdcsync max_size and pg chunk")
     p.add_argument("--max-delay-ms", type=int, default=50)
     p.add_argument("--max-ack-pending", type=int, default=20_000)
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     waited = 0.0
     phases: Phases | None = None
+    broker = Broker(args.kafka_bootstrap)
     try:
         streams = []
         readers = {"cdcsync", "fanout", "naive", "nats-limit", "sweep", "mysql", "mysql-naive"}
@@ -237,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             streams += [(s, subj, p) for (s, subj), p in zip(run.flow_streams, parts, strict=True)]
         fill = asyncio.run(prefill(run.nats_url, streams))
         print(f"prefill: {fill['events']:,} events in {fill['seconds']:.1f}s", flush=True)
+        if "kafka" in args.phases:
+            bootstrap = broker.start()
+            k = asyncio.run(prefill_kafka(bootstrap, run.kafka_topic, work, args.kafka_partitions))
+            fill["kafka"] = k | {"bootstrap": bootstrap, "broker_pid": broker.pid}
+            print(
+                f"prefill kafka: {k['events']:,} events in {k['seconds']:.1f}s to "
+                f"{args.kafka_partitions} partitions of {run.kafka_topic} on {bootstrap}",
+                flush=True,
+            )
         report["prefill"] = fill
         if "fanout" in args.phases:
             asyncio.run(pg_execute(run.pg_url, f"CREATE DATABASE {run.fanout_db}"))
@@ -248,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         methods: dict[str, Callable[[int], dict[str, Any]]] = {
             "cdcsync": phases.cdcsync,
+            "kafka": phases.kafka,
             "flows3": phases.flows3,
             "fanout": phases.fanout,
             "latency": phases.latency,
@@ -293,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.advance()
     finally:
         asyncio.run(cleanup(run))
+        broker.close()
 
     lines, summary = summarize(runs, args.latency_rate)
     print()
@@ -387,6 +408,8 @@ def describe(r: dict[str, Any]) -> str:
         )
     if r.get("memory", {}).get("max_rss_mb"):
         text += f"; max RSS {r['memory']['max_rss_mb']:.0f} MB"
+    if r.get("join_s") is not None:
+        text += f"; after joining the group in {r['join_s']:.2f}s"
     if r.get("first_commit_s") is not None and "latency" not in r:
         text += f"; first batch after {r['first_commit_s'] * 1000:.0f} ms"
     return text

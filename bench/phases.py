@@ -38,6 +38,7 @@ __all__ = ["FLOWS", "MYSQL_PHASES", "PHASES", "Phases", "Run", "cleanup", "pg_ex
 
 PHASES = (
     "cdcsync",
+    "kafka",
     "flows3",
     "fanout",
     "latency",
@@ -69,6 +70,7 @@ class Run:
             (f"{self.stream}_F{k}", f"{self.uid}.f{k}.users") for k in range(FLOWS)
         ]
         self.fanout_db = f"{self.uid}_fanout"
+        self.kafka_topic = f"{self.uid}.users"
         self.nats_url: str = args.nats_url
         self.pg_url: str = args.pg_url
         self.mysql_url: str = args.mysql_url
@@ -110,7 +112,12 @@ class Run:
 
 
 def flow_spec(
-    name: str, stream: str, subject: str, durable: str, last_seq: int | None, dests: list[Any]
+    name: str,
+    stream: str,
+    subject: str,
+    durable: str,
+    last_seq: int | dict[int, int] | None,
+    dests: list[Any],
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -392,6 +399,39 @@ class Phases:
             steady_events_per_s=round(self.a.events / (r["seconds"] - first), 1),
             verify=check,
         )
+
+    def kafka(self, attempt: int) -> dict[str, Any]:
+        """The ``cdcsync`` phase with the Kafka source: the same events and destination, read
+        from a topic (keyed by row, ``--kafka-partitions`` partitions) by a new group."""
+        run = self.run
+        asyncio.run(create_tables(run.pg_url, run.schema("kafka"), self._ddl("kafka")))
+        k = self.fill["kafka"]
+        dest = dest_spec("pg", run.pg_url, run.schema("kafka"))
+        flow = flow_spec("bench", "", "", "", k["last_offsets"], [dest])
+        flow["kafka"] = {
+            "bootstrap": k["bootstrap"],
+            "topic": run.kafka_topic,
+            "group": f"{run.uid}-kafka-{attempt}",
+        }
+        r = run_child(run.spec([flow], self.timeout, nats_pid=k["broker_pid"]))
+        first = r["first_commit_s"] or 0.0
+        check = asyncio.run(verify(run.pg_url, [run.table("kafka")], self.expected))
+        out = child_result(
+            "kafka",
+            self.a.events,
+            r,
+            partitions=k["partitions"],
+            steady_events_per_s=round(self.a.events / (r["seconds"] - first), 1),
+            verify=check,
+        )
+        # Timed from the first assignment: joining a new group waits on the broker (tansu
+        # holds a JoinGroup for half the session timeout; Kafka delays a new group's first
+        # rebalance by group.initial.rebalance.delay.ms), which is no cost of the source.
+        joined = r["subscribed_s"] or 0.0
+        out["join_s"] = round(joined, 3)
+        out["seconds"] = round(r["seconds"] - joined, 4)
+        out["events_per_s"] = round(self.a.events / out["seconds"], 1)
+        return out
 
     def flows3(self, attempt: int) -> dict[str, Any]:
         run = self.run

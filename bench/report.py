@@ -157,6 +157,7 @@ def machine_facts(pg_url: str) -> dict[str, Any]:
 
 LABELS = {
     "cdcsync": "cdcsync, 1 flow",
+    "kafka": "cdcsync, 1 flow from Kafka",
     "flows3": "cdcsync, 3 flows at once (aggregate)",
     "fanout": "cdcsync, 1 flow -> 2 databases",
     "naive": "naive loop (prefix of the stream)",
@@ -166,6 +167,9 @@ LABELS = {
     "mysql-naive": "mysql-naive loop (prefix of the stream)",
     "mysql-limit": "mysql-limit (asyncmy's best loop alone)",
 }
+
+
+ONE_FLOW_ROWS = ("cdcsync", "kafka", "flows3", "fanout")
 
 
 def _best(rs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -204,7 +208,7 @@ def summarize(
         return verdict(met)
 
     throughput: dict[str, Any] = {}
-    for name in ("cdcsync", "flows3", "fanout", "naive", "pg-limit", "nats-limit"):
+    for name in ("cdcsync", "kafka", "flows3", "fanout", "naive", "pg-limit", "nats-limit"):
         r = best.get(name)
         if r is None:
             continue
@@ -216,7 +220,7 @@ def summarize(
             figure=f"{e:,.0f} ev/s",
             vs_naive=_ratio(e, naive, 2),
             vs_limit=_ratio(e, limit),
-            vs_one_flow=_ratio(e, one) if name in ("cdcsync", "flows3", "fanout") else None,
+            vs_one_flow=_ratio(e, one) if name in ONE_FLOW_ROWS else None,
             cpu=_cpu(r),
         )
         if name == "cdcsync":

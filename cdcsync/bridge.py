@@ -4,7 +4,9 @@ nats-py and asyncpg are asyncio libraries; cdcsync runs on Trio. Everything
 crosses here, and crossings are expensive (a future and a task hop each), so
 callers hand over whole batches: one crossing per batch, never one per message.
 asyncio callbacks run on the Trio thread under trio-asyncio, so a nats-py
-message callback may call a Trio channel's ``send_nowait`` directly.
+message callback may call a Trio channel's ``send_nowait`` directly. The other direction,
+asyncio code that must wait for Trio code (aiokafka awaits its rebalance listeners), goes
+through :func:`call_trio`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import ParamSpec, TypeVar, cast
 
 import trio_asyncio
 
-__all__ = ["aio", "open_bridge"]
+__all__ = ["aio", "call_trio", "open_bridge"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,3 +40,12 @@ async def open_bridge() -> AsyncIterator[None]:
 async def aio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Await an asyncio coroutine function from Trio; cancellation propagates both ways."""
     return cast(T, await trio_asyncio.aio_as_trio(fn)(*args, **kwargs))
+
+
+async def call_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await a Trio async function from asyncio code (e.g. a callback that a library awaits).
+
+    The Trio function runs as a task of the bridge's loop, not of the caller's nursery: a
+    caller that must not outlive something wraps ``fn`` in its own cancel scope.
+    """
+    return cast(T, await trio_asyncio.trio_as_aio(fn)(*args, **kwargs))

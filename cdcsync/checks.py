@@ -134,10 +134,12 @@ async def connect_problems(config: Config) -> list[str]:
         for flow in config.flows:
             spec = registry.sources()[flow.source.type]
             source = spec.factory(flow.name, flow.source.options)
+            # Other sources say what to do in their own words.
+            fixes = _NATS_FIXES if flow.source.type == "nats" else []
             for p in await source.problems():
                 problems.append(
                     f"{config.path}:{flow.source.line}: "
-                    + _explain(f"flow {flow.name!r}: {p}", _NATS_FIXES)
+                    + _explain(f"flow {flow.name!r}: {p}", fixes)
                 )
             for dest in flow.destinations:
                 dspec = registry.destinations()[dest.type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -243,6 +244,9 @@ def _check(args: argparse.Namespace) -> int:
     for w in checks.warnings(cfg):
         print(w, file=sys.stderr)
     if args.connect:
+        # The report is the output: a library's own log lines (aiokafka logs every failed
+        # connection attempt) would only repeat it, unformatted.
+        logging.getLogger().addHandler(logging.NullHandler())
         problems = trio.run(checks.connect_problems, cfg)
         for line in problems:
             print(line, file=sys.stderr)

@@ -412,7 +412,7 @@ def loads(text: str, path: str = "<config>") -> Config:
             if flow.name in seen:
                 errors.append(_err(path, node.start_line, f"duplicate flow name {flow.name!r}"))
             seen.add(flow.name)
-            shared = _shared_durable(flow, flows)
+            shared = _shared_durable(flow, flows) or _shared_group(flow, flows)
             if shared is not None:
                 errors.append(_err(path, flow.source.line, shared))
             flows.append(flow)
@@ -441,6 +441,27 @@ def _shared_durable(flow: FlowConfig, earlier: list[FlowConfig]) -> str | None:
                 f"flow {flow.name!r} uses the durable consumer {js.durable!r} of stream "
                 f"{js.stream!r}, as flow {other.name!r} does (line {other.source.line}): give "
                 f"each flow its own durable (cdcsync deletes and recreates it at start)"
+            )
+    return None
+
+
+def _shared_group(flow: FlowConfig, earlier: list[FlowConfig]) -> str | None:
+    """Two flows in one Kafka consumer group split the partitions between them: each flow
+    silently misses the other's share. Refuse that."""
+    if flow.source.type != "kafka":
+        return None
+    opts = flow.source.options
+    for other in earlier:
+        theirs = other.source.options
+        if (
+            other.source.type == "kafka"
+            and theirs.group == opts.group
+            and set(theirs.brokers) & set(opts.brokers)
+        ):
+            return (
+                f"flow {flow.name!r} uses the Kafka consumer group {opts.group!r}, as flow "
+                f"{other.name!r} does (line {other.source.line}): the group would split the "
+                f"partitions between the two flows; give each flow its own group"
             )
     return None
 

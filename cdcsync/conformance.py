@@ -1,4 +1,5 @@
-"""The destination conformance suite: what every destination must do for the engine.
+"""The destination conformance suite: what every destination must do for the engine (and,
+re-exported from cdcsync/source_conformance.py, the sources' suite :func:`check_source`).
 
 The engine's exactly-once guarantee rests on each destination keeping the destination
 protocol (:class:`cdcsync.plugin.Destination`, docs/plugins.md): a writer fence and a durable
@@ -25,8 +26,9 @@ from typing import Any
 
 from cdcsync.events import ChangeEvent, Op
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
+from cdcsync.source_conformance import check_source
 
-__all__ = ["EPOCH", "PARTITIONS", "FixedStart", "check_destination"]
+__all__ = ["EPOCH", "PARTITIONS", "FixedStart", "check_destination", "check_source"]
 
 EPOCH = "2026-01-01T00:00:00+00:00"
 P0 = Partition("CONFORMANCE", 0, sole=True)

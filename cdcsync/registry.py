@@ -41,7 +41,7 @@ class ComponentSpec:
 
 
 _BUILTIN = {
-    "source": {"nats": "cdcsync.sources.nats:SPEC"},
+    "source": {"kafka": "cdcsync.sources.kafka:SPEC", "nats": "cdcsync.sources.nats:SPEC"},
     "destination": {
         "postgres": "cdcsync.sinks.postgres:SPEC",
         "mysql": "cdcsync.sinks.mysql:SPEC",

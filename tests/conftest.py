@@ -69,17 +69,38 @@ def target(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def env(nats_url: str, pg_url: str, unique: str, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def kafka_bootstrap() -> str | None:
+    """Where `env` reads from: None for JetStream; a module that runs its tests over Kafka
+    too overrides this with a parametrized fixture returning a broker's host:port."""
+    return None
+
+
+@pytest.fixture
+async def env(  # type: ignore[no-untyped-def]
+    nats_url: str,
+    pg_url: str,
+    unique: str,
+    kafka_bootstrap: str | None,
+    request: pytest.FixtureRequest,
+):
     """A test's world (see harness.Env) with an asyncio loop bridged onto Trio. Its
-    destination is PostgreSQL unless the test takes the `target` fixture."""
+    destination is PostgreSQL unless the test takes the `target` fixture; its source is a
+    JetStream stream, or a Kafka topic (kafkaenv.KafkaEnv) when `kafka_bootstrap` names a
+    broker."""
     from harness import Env
+    from kafkaenv import KafkaEnv
 
     from cdcsync.bridge import open_bridge
 
     kind = request.getfixturevalue("target") if "target" in request.fixturenames else "postgres"
     mysql_url = request.getfixturevalue("mysql_url") if kind == "mysql" else ""
     async with open_bridge():
-        world = Env(nats_url, pg_url, unique, target=kind, mysql_url=mysql_url)
+        if kafka_bootstrap is None:
+            world = Env(nats_url, pg_url, unique, target=kind, mysql_url=mysql_url)
+        else:
+            world = KafkaEnv(
+                nats_url, pg_url, unique, kafka_bootstrap, target=kind, mysql_url=mysql_url
+            )
         try:
             yield world
         finally:

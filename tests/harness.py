@@ -281,16 +281,7 @@ class Env:
         source_extra: str = "",
     ) -> str:
         """One flow reading ``{unique}.{name}.>`` into this test's schema."""
-        subject = subject or f"{self.subject(name)}.>"
-        js = (
-            f"""
-      jetstream:
-        stream: {self.stream}
-        durable: {self.unique}-{name}
-        ack_wait_s: 30"""
-            if jetstream
-            else ""
-        )
+        source = self.source_yaml(name, jetstream, fmt, subject, source_extra)
         dests = destinations or [("primary", self.dest_url)]
         dest_yaml = "".join(
             f"""
@@ -311,14 +302,30 @@ class Env:
         )
         return f"""
   - name: {name}
-    source:
-      type: nats
-      servers: ["{self.nats_url}"]
-      subject: "{subject}"{js}
-      format: {fmt}{source_extra}
+    source:{source}
     batch: {batch}
     destinations:{dest_yaml}
 """
+
+    def source_yaml(
+        self, name: str, jetstream: bool, fmt: str, subject: str | None, source_extra: str
+    ) -> str:
+        """The ``source`` block's keys of :meth:`flow_yaml` (NATS; KafkaEnv has its own)."""
+        subject = subject or f"{self.subject(name)}.>"
+        js = (
+            f"""
+      jetstream:
+        stream: {self.stream}
+        durable: {self.unique}-{name}
+        ack_wait_s: 30"""
+            if jetstream
+            else ""
+        )
+        return f"""
+      type: nats
+      servers: ["{self.nats_url}"]
+      subject: "{subject}"{js}
+      format: {fmt}{source_extra}"""
 
     def config(self, *flows: str, api: bool = True) -> cfg.Config:
         text = "api:\n  bind: 127.0.0.1:0\n" if api else "api:\n  enabled: false\n"

@@ -36,7 +36,9 @@ __all__ = [
     "Member",
     "RecordingListener",
     "aio_create_topic",
+    "aio_group_offsets",
     "aio_produce",
+    "aio_topics",
     "new_consumer",
     "partitions",
     "read_all",
@@ -79,6 +81,33 @@ async def aio_create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     errors = [(name, code, msg) for name, code, msg in response.topic_errors if code]
     if errors:
         raise RuntimeError(f"create_topics({topic!r}) failed: {errors}")
+
+
+async def aio_topics(bootstrap: str) -> set[str]:
+    """Every topic of the broker, asked without naming any (so none is created)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return set(await consumer.topics())
+    finally:
+        await consumer.stop()
+
+
+async def aio_group_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[tuple[str, int], int]:
+    """The offsets the consumer group has committed for the topic's partitions (a consumer
+    that assigns them to itself, without joining the group; aiokafka's admin client cannot
+    read tansu's OffsetFetch answer)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        found = {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): n for tp, n in found.items() if n is not None}
 
 
 async def aio_produce(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from cdcsync.flow.batch import Partition
 from cdcsync.flow.pipeline import Flow
 
 __all__ = ["CONTENT_TYPE", "render"]
@@ -27,6 +28,12 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
 
 def _num(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _lags(flow: Flow) -> Mapping[Partition, int]:
+    """The source's lag per partition, for sources that offer it (optional: ``lag()``)."""
+    lag = getattr(flow.source, "lag", None)
+    return lag() if callable(lag) else {}
 
 
 def render(flows: Sequence[Flow], uptime_s: float) -> str:
@@ -100,6 +107,18 @@ def render(flows: Sequence[Flow], uptime_s: float) -> str:
             for f in flows
             if f.partitioned is not None
             for p in f.partitioned.view()
+        ),
+    )
+    out += _family(
+        "cdcsync_partition_lag",
+        "gauge",
+        "Messages of each source partition this instance reads that are not yet "
+        "acknowledged (Kafka: the partition's end minus the next offset to commit).",
+        (
+            f"cdcsync_partition_lag"
+            f"{_labels(flow=f.name, stream=p.stream, partition=str(p.index))} {n}"
+            for f in flows
+            for p, n in sorted(_lags(f).items(), key=lambda pn: (pn[0].stream, pn[0].index))
         ),
     )
     out += _family(

@@ -46,6 +46,7 @@ class Lane:
         # Highest position acknowledged per partition (for clean hand-offs).
         self.acked: dict[Partition, int] = {}
         self._acked_changed = trio.Event()
+        self._started = False  # the source runs: later assignments are rebalances
 
     # --- Coordinator (called by the source) ----------------------------------------------
 
@@ -57,6 +58,8 @@ class Lane:
             for sink in flow.sinks:  # sorted by name: two instances never deadlock on fences
                 per_sink.append(await self._claim(sink, wanted))
             self.claimed.update(wanted)
+            if self._started and flow.stats.status == "standby":
+                flow.stats.status = "running"  # a rebalance waited for a fence (Kafka)
         start: dict[Partition, int | None] = {}
         for p in partitions:
             known = [cps[p] for cps in per_sink if cps.get(p) is not None]
@@ -189,6 +192,7 @@ class Lane:
                         name=f"flow={flow.name} keepalive",
                     )
                 await nursery.start(self._run_source, src_send)
+                self._started = True
                 stats.status = "running"
                 stats.clear_error()  # every destination is connected and the source reads
                 flow._running_since = trio.current_time()

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from cdcsync.bridge import aio, open_bridge
+from cdcsync.bridge import aio, call_trio, open_bridge
 from cdcsync.config import (
     CheckedStr,
     EnvBool,
@@ -85,6 +85,7 @@ __all__ = [
     "SourceError",
     "WriteResult",
     "aio",
+    "call_trio",
     "described",
     "group_reasons",
     "instance_id",

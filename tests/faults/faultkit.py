@@ -49,6 +49,7 @@ __all__ = [
     "create_schema",
     "drop_schema",
     "flow_done",
+    "kill_mid_run",
     "ledger_count",
     "make_workload",
     "open_js",
@@ -438,6 +439,37 @@ class CdcProcess(cdcproc.CdcProcess):
 
         await wait_for(listening, timeout, "the API to listen", alive=self)
         return found[0]
+
+
+async def kill_mid_run(
+    fleet: Fleet,
+    config: Path,
+    url: str,
+    schema: str,
+    work: Workload,
+    timings: dict[str, float],
+    after_kill: Callable[[int], Awaitable[None]] | None = None,
+) -> list[int]:
+    """Start ``cdcsync serve`` three times, each killed (SIGKILL) once the ledger holds more
+    than 8,000, 20,000 and 35,000 rows; the ledger's row count at each kill. ``after_kill(n)``
+    runs after the n-th kill, while nothing runs."""
+    kills = []
+    for run, threshold in enumerate((8_000, 20_000, 35_000), start=1):
+        proc = fleet.spawn(config, f"run{run}")
+
+        async def past(threshold: int = threshold) -> bool:
+            return await ledger_count(url, schema) > threshold
+
+        timings[f"run{run} until kill"] = await wait_for(
+            past, 90, f"more than {threshold} ledger rows", alive=proc
+        )
+        proc.kill9()
+        at_kill = await ledger_count(url, schema)
+        kills.append(at_kill)
+        assert at_kill < work.ledger_ids, "the kill came too late to test anything"
+        if after_kill is not None:
+            await after_kill(run)
+    return kills
 
 
 class Fleet:

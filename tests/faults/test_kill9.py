@@ -17,7 +17,7 @@ from faultkit import (
     Scenario,
     consumer_info,
     flow_done,
-    ledger_count,
+    kill_mid_run,
     make_workload,
     outcome_problems,
     publish,
@@ -39,9 +39,6 @@ def test_kill9_mid_run_applies_every_event_exactly_once(
     config = world.write_config(tmp_path)
     timings: dict[str, float] = {}
 
-    async def landed() -> int:
-        return await ledger_count(pg_server.url, schema)
-
     async def scenario() -> None:
         nc = await world.prepare()
         try:
@@ -51,20 +48,7 @@ def test_kill9_mid_run_applies_every_event_exactly_once(
             assert last_seq == EVENTS
 
             with Fleet(tmp_path) as fleet:
-                kills = []
-                for run, threshold in enumerate((8_000, 20_000, 35_000), start=1):
-                    proc = fleet.spawn(config, f"run{run}")
-
-                    async def past(threshold: int = threshold) -> bool:
-                        return await landed() > threshold
-
-                    timings[f"run{run} until kill"] = await wait_for(
-                        past, 90, f"more than {threshold} ledger rows", alive=proc
-                    )
-                    proc.kill9()
-                    at_kill = await landed()
-                    kills.append(at_kill)
-                    assert at_kill < work.ledger_ids, "the kill came too late to test anything"
+                kills = await kill_mid_run(fleet, config, pg_server.url, schema, work, timings)
                 final = fleet.spawn(config, "final")
                 timings["final run until done"] = await wait_for(
                     lambda: flow_done(pg_server.url, schema, last_seq),

@@ -350,9 +350,9 @@ def test_duplicate_destination_names() -> None:
 
 def test_unknown_source_type() -> None:
     """An unknown source type is an error at the source block listing the known types."""
-    text = FULL.replace("type: nats", "type: kafka", 1)
+    text = FULL.replace("type: nats", "type: kinesis", 1)
     message = one_error(text, "source:")
-    assert "unknown source type 'kafka'" in message and "nats" in message
+    assert "unknown source type 'kinesis'" in message and "kafka, nats" in message
 
 
 def test_unknown_destination_type() -> None:

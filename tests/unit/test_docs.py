@@ -120,7 +120,9 @@ def _yaml_blocks(page: Path) -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.mark.parametrize("name", ["configuration.md", "operations.md", "event-formats.md"])
+@pytest.mark.parametrize(
+    "name", ["configuration.md", "operations.md", "event-formats.md", "kafka.md"]
+)
 def test_complete_configuration_examples_load(name: str, monkeypatch: Any) -> None:
     """Every YAML example in the guide that is a whole file (has `flows:` or `nats:` at the
     top) passes the same validation as `cdcsync check`."""

@@ -14,6 +14,7 @@ from cdcsync.plugin import Destination, Source
 ROOT = Path(__file__).resolve().parents[2] / "cdcsync"
 # Each built-in component: its own modules (a package, or a module and its *_options module).
 COMPONENTS = {
+    "kafka": ["sources/kafka.py", "sources/kafka_client.py", "sources/kafka_options.py"],
     "nats": [
         "sources/nats.py",
         "sources/nats_options.py",
@@ -24,6 +25,11 @@ COMPONENTS = {
     "mysql": ["sinks/mysql"],
 }
 OWN = {
+    "kafka": (
+        "cdcsync.sources.kafka",
+        "cdcsync.sources.kafka_client",
+        "cdcsync.sources.kafka_options",
+    ),
     "nats": (
         "cdcsync.sources.nats",
         "cdcsync.sources.nats_options",
@@ -75,6 +81,13 @@ def test_builtin_components_satisfy_the_protocols() -> None:
     options = src.parse(
         {"servers": ["nats://127.0.0.1:4222"], "subject": "a.>", "format": "auto",
          "buffer": 100, "max_message_bytes": 1024}
+    )  # fmt: skip
+    assert isinstance(src.factory("f", options), Source)
+    src = registry.sources()["kafka"]
+    options = src.parse(
+        {"brokers": ["127.0.0.1:9092"], "topics": ["t"], "group": "g", "start": "earliest",
+         "format": "debezium", "session_timeout_ms": 10000, "heartbeat_interval_ms": 3000,
+         "max_poll_interval_ms": 300000, "buffer": 100, "max_message_bytes": 1024}
     )  # fmt: skip
     assert isinstance(src.factory("f", options), Source)
     dest = registry.destinations()["postgres"]
