@@ -98,7 +98,7 @@ async def test_malformed_debezium_events_are_dead_letters_and_the_flow_goes_on(
         await trio.sleep(0.5)  # a restart would show now
         stop.set()
         assert_healthy(running)
-        accounted(running, len(messages))
+        await accounted(running, len(messages))
     assert health == {200}, f"/health answered {health}"
 
     letters = await letters_by_seq(env)

@@ -81,7 +81,7 @@ class PartitionedSoak(Soak):
                 )
         finally:
             await nc.close()
-        text = config_yaml(self.nats.url, self.pg.url_for)
+        text = config_yaml(self.nats.url, self.db.url_for)
         for f in FLOWS:
             text = text.replace(f'subject: "{f.subject}"', f'subject: "{self.subject_of(f)}"')
             text = text.replace(
