@@ -33,8 +33,8 @@ async def test_fan_out_to_postgres_and_mysql_acks_after_both_commit(
     env: Env, nursery: trio.Nursery, target: str
 ) -> None:
     """One flow into PostgreSQL and MySQL: while MySQL cannot commit (its rows are locked),
-    PostgreSQL has them all and nothing is acknowledged; once MySQL commits, both hold every
-    row and everything is acknowledged."""
+    PostgreSQL commits what it got and nothing is acknowledged; once MySQL commits, both hold
+    every row and everything is acknowledged."""
     pg = Env(env.nats_url, env.pg_url, env.unique)  # the same names in PostgreSQL
     await pg.create_schema(ITEMS)
     await env.create_schema(ITEMS)
@@ -47,7 +47,9 @@ async def test_fan_out_to_postgres_and_mysql_acks_after_both_commit(
         async with env.running(env.config(flow), nursery) as running:
             events = [envelope("items", "insert", {"id": i, "name": f"n{i}"}) for i in range(50)]
             await env.publish(env.subject() + ".items", events)
-            await pg.applied(50, dest="pg")
+            # PostgreSQL commits what reaches it (the first batch at least: the fan-out hands
+            # the next one over only once MySQL has taken this one), MySQL nothing.
+            await pg.applied(1, dest="pg")
             await trio.sleep(1.0)
             stats = running.service.flows[0].stats
             assert stats.acked == 0, "acknowledged before MySQL committed"
