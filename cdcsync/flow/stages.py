@@ -15,7 +15,7 @@ import trio
 
 from cdcsync.config import BatchPolicy
 from cdcsync.errors import DecodeError, RetryableSinkError
-from cdcsync.events import decode
+from cdcsync.events import FORMATS
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.stats import DestinationStats, FlowStats
 
@@ -165,12 +165,15 @@ def decode_batch(deliveries: list[Delivery], fmt: str, max_bytes: int) -> list[I
     """Items from deliveries; a message that cannot be decoded becomes its error, never a
     failure of the batch."""
     items = []
+    append = items.append
+    decoder = FORMATS[fmt]
     for d in deliveries:
-        if len(d.data) > max_bytes:
-            items.append(Item(d, None, f"message of {len(d.data)} bytes exceeds {max_bytes}"))
+        data = d.data
+        if len(data) > max_bytes:
+            append(Item(d, None, f"message of {len(data)} bytes exceeds {max_bytes}"))
             continue
         try:
-            items.append(Item(d, decode(d.data, fmt)))
+            append(Item(d, decoder(data)))
         except DecodeError as exc:
             items.append(Item(d, None, str(exc)))
         except Exception as exc:

@@ -517,7 +517,7 @@ class SqlDestination:
 
     def _statements(self, group: list[Resolved]) -> list[Statement]:
         return statements(
-            ((r.table, r.key, r.event) for r in group), self.options.conflict_resolution
+            ((r.table, r.key, r.event, r.cols) for r in group), self.options.conflict_resolution
         )
 
     async def _aio_run(self, conn: Any, stmts: list[Statement]) -> None:
