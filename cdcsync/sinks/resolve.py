@@ -108,12 +108,8 @@ class Resolver:
 
     def targets(self, items: list[Item]) -> list[str]:
         """The catalog names a batch needs (for one lookup before resolving)."""
-        names = set()
-        for item in items:
-            ev = item.event
-            if ev is not None and self.refusal(ev.table) is None:
-                names.add(self.mapping.get(ev.table, ev.table))
-        return sorted(names)
+        tables = {item.event.table for item in items if item.event is not None}
+        return sorted({self.mapping.get(t, t) for t in tables if self.refusal(t) is None})
 
     def resolve(self, items: list[Item], tables: Mapping[str, TableInfo | None]) -> Resolution:
         """Name every event's table and key from the catalog, or say why it cannot be applied."""
