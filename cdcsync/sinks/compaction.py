@@ -155,7 +155,7 @@ def statements(
         if op is Op.DELETE:
             wave.deletes.setdefault(name, []).append({c: ev.data[c] for c in info.key})
             continue
-        cols = e[3] if len(e) > 3 else _ordered(info, ev.data)  # type: ignore[misc]
+        cols = e[3] if len(e) > 3 else _ordered(info, ev.data)
         if upsert:
             shape: _Shape = (Kind.MERGE, cols, _NO_KEEP)
         elif replace:
