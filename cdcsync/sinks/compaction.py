@@ -112,6 +112,10 @@ class Statement:
     cols: tuple[str, ...] = ()
     keep: frozenset[str] = frozenset()
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # Statements of different steps (waves, truncate barriers) must run one after the
+    # other: the later may touch rows the earlier wrote. One step's statements touch
+    # distinct rows.
+    step: int = 0
 
 
 def statements(
@@ -143,7 +147,7 @@ def statements(
         op = ev.op
         if op is Op.TRUNCATE:
             _flush(waves, order, out)
-            out.append(Statement(info, truncate=True))
+            out.append(Statement(info, truncate=True, step=out[-1].step + 1 if out else 0))
             waves, seen = [], {}
             continue
         n = seen.get((name, key), 0)
@@ -185,14 +189,19 @@ class _Wave:
 
 def _flush(waves: list[_Wave], order: dict[str, int], out: list[Statement]) -> None:
     for wave in waves:
+        step = out[-1].step + 1 if out else 0
         names = sorted(wave.tables, key=order.__getitem__)
         for name in reversed(names):
             keys = wave.deletes.get(name)
             if keys:
-                out.append(Statement(wave.tables[name], keys=keys))
+                out.append(Statement(wave.tables[name], keys=keys, step=step))
         for name in names:
             for (kind, cols, keep), rows in wave.writes.get(name, {}).items():
-                out.append(Statement(wave.tables[name], kind=kind, cols=cols, keep=keep, rows=rows))
+                out.append(
+                    Statement(
+                        wave.tables[name], kind=kind, cols=cols, keep=keep, rows=rows, step=step
+                    )
+                )
 
 
 def _ordered(info: TableInfo, data: dict[str, Any]) -> tuple[str, ...]:

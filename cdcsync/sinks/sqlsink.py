@@ -660,10 +660,16 @@ class SqlDestination:
         if not split:
             # Fast path: no savepoints. A data error rolls back and we come back to split.
             try:
+                stmts = self._statements(res.resolved) if res.resolved else []
+                positions = self._positions(last)
+                one = getattr(dialect, "apply_batch", None)
+                if one is not None and await one(
+                    conn, stmts, self.flow, self.name, res.dead, positions
+                ):
+                    return len(res.resolved)
                 async with dialect.transaction(conn):
-                    if res.resolved:
-                        await self._aio_execute(conn, res.resolved)
-                    await dialect.save(conn, self.flow, self.name, res.dead, self._positions(last))
+                    await self._aio_run(conn, stmts)
+                    await dialect.save(conn, self.flow, self.name, res.dead, positions)
                 return len(res.resolved)
             except Exception as exc:
                 self._data_error(exc)
