@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from cdcsync.events import ChangeEvent, Op, decode
+from cdcsync.events import ChangeEvent, Op, decode_auto
 from cdcsync.flow import stages
 from cdcsync.flow.batch import Delivery
 
@@ -24,7 +24,7 @@ def test_a_decoder_bug_is_the_messages_dead_letter(
     def buggy(data: bytes) -> Any:
         if data == b"boom":
             raise error
-        return decode(data, "auto")
+        return decode_auto(data)
 
     monkeypatch.setitem(stages.FORMATS, "auto", buggy)
     batch = [Delivery(1, "s", GOOD), Delivery(2, "s", b"boom"), Delivery(3, "s", GOOD)]
