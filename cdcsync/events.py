@@ -51,13 +51,15 @@ class Op(enum.Enum):
     TRUNCATE = "truncate"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ChangeEvent:
     """One row change, independent of the wire format.
 
     ``data`` is the row image (for a delete: at least the key columns).
     ``unavailable`` names columns whose value the producer did not send
     (Debezium's unchanged-TOAST placeholder): they must never be overwritten.
+    Treated as immutable; not frozen because a frozen dataclass's ``__init__`` cost 0.4 us
+    per event (two thirds of its construction) on the hot path.
     """
 
     table: str

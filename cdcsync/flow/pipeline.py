@@ -25,6 +25,7 @@ from cdcsync.errors import (
     SinkError,
     SourceError,
 )
+from cdcsync.flow.batch import Partition
 from cdcsync.flow.lane import Lane, _StoppedWhileWaiting
 from cdcsync.flow.partitions import HOLDING, Partitioned
 from cdcsync.flow.stages import Backoff
@@ -219,21 +220,45 @@ class Flow:
             return self.partitioned.view()
         if not self.source.positioned:
             return []
-        found = [d.checkpoint for d in self.stats.destinations.values()]
         status = self.stats.status
         here = status in HOLDING
-        return [
-            {
-                "index": 0,
-                "owner": instance_id() if here else None,
-                "here": here,
-                "status": status,
-                "position": min(c for c in found if c is not None)
-                if found and None not in found
-                else None,
-                "lag": self.stats.pending,
-            }
-        ]
+        # The partitions this instance writes (a JetStream stream's one, or the Kafka
+        # partitions the group gave it), each at the lowest position over the destinations.
+        held: dict[Partition, list[int | None]] = {}
+        for sink in self.sinks:
+            for p, seq in sink.checkpoints().items():
+                held.setdefault(p, []).append(seq)
+        lags: dict[Partition, int] = {}
+        lag_of = getattr(self.source, "lag", None)
+        if callable(lag_of):
+            lags = lag_of()
+        if not held and not lags:
+            return [
+                {
+                    "index": 0,
+                    "owner": instance_id() if here else None,
+                    "here": here,
+                    "status": status,
+                    "position": None,
+                    "lag": self.stats.pending,
+                }
+            ]
+        out = []
+        for p in sorted(set(held) | set(lags), key=lambda q: (q.stream, q.index)):
+            seqs = held.get(p, [])
+            complete = len(seqs) == len(self.sinks) and None not in seqs
+            out.append(
+                {
+                    "index": p.index,
+                    "stream": p.stream,
+                    "owner": instance_id() if here else None,
+                    "here": here,
+                    "status": status,
+                    "position": min(s for s in seqs if s is not None) if complete else None,
+                    "lag": lags.get(p, self.stats.pending if p.sole else None),
+                }
+            )
+        return out
 
     def _note_failure(self, exc: BaseException) -> None:
         self.stats.status = "degraded"

@@ -8,14 +8,14 @@ else; closing a send end drains the pipeline in order (graceful stop).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import structlog
 import trio
 
 from cdcsync.config import BatchPolicy
 from cdcsync.errors import DecodeError, RetryableSinkError
-from cdcsync.events import decode
+from cdcsync.events import FORMATS
 from cdcsync.flow.batch import Batch, Delivery, Item, Partition, WriteResult
 from cdcsync.stats import DestinationStats, FlowStats
 
@@ -164,13 +164,16 @@ def last_positions(deliveries: list[Delivery]) -> dict[Partition, int]:
 def decode_batch(deliveries: list[Delivery], fmt: str, max_bytes: int) -> list[Item]:
     """Items from deliveries; a message that cannot be decoded becomes its error, never a
     failure of the batch."""
-    items = []
+    items: list[Item] = []
+    append = items.append
+    decoder = FORMATS[fmt]
     for d in deliveries:
-        if len(d.data) > max_bytes:
-            items.append(Item(d, None, f"message of {len(d.data)} bytes exceeds {max_bytes}"))
+        data = d.data
+        if len(data) > max_bytes:
+            append(Item(d, None, f"message of {len(data)} bytes exceeds {max_bytes}"))
             continue
         try:
-            items.append(Item(d, decode(d.data, fmt)))
+            append(Item(d, decoder(data)))
         except DecodeError as exc:
             items.append(Item(d, None, str(exc)))
         except Exception as exc:
@@ -218,18 +221,61 @@ async def run_sink(
     flow_stats: FlowStats,
     recover: Callable[[], Awaitable[None]],
 ) -> None:
-    """Apply batches in order; on a retryable failure back off, reconnect and retry the batch."""
-    write: Callable[[Batch], Awaitable[WriteResult]] = sink.write  # type: ignore[attr-defined]
+    """Apply batches in order; on a retryable failure back off, reconnect and retry the batch.
+
+    A destination that offers ``prepare(batch)`` (the CPU half of a write: filtering,
+    resolving, planning) gets it called for the next batch while the current one is still
+    being written, in a task of its own: the service's CPU for batch N+1 overlaps the
+    database's work on batch N. Writes stay one at a time, in order.
+    """
+    prepare: Callable[[Batch], object] | None = getattr(sink, "prepare", None)
+    if prepare is None:
+        async with recv:
+            await _write_batches(sink, _unprepared(recv), done, stats, flow_stats, recover)
+        return
+    ready_send, ready_recv = trio.open_memory_channel[tuple[Batch, object]](1)
+
+    async def preparer() -> None:
+        async with recv, ready_send:
+            async for batch in recv:
+                await ready_send.send((batch, prepare(batch)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(preparer, name=f"flow={flow_stats.name} prepare")
+        async with ready_recv:
+            await _write_batches(sink, ready_recv, done, stats, flow_stats, recover)
+
+
+async def _unprepared(
+    recv: trio.MemoryReceiveChannel[Batch],
+) -> AsyncIterator[tuple[Batch, object]]:
+    async for batch in recv:
+        yield batch, None
+
+
+async def _write_batches(
+    sink: object,
+    batches: AsyncIterable[tuple[Batch, object]],
+    done: trio.MemorySendChannel[tuple[int, str]],
+    stats: DestinationStats,
+    flow_stats: FlowStats,
+    recover: Callable[[], Awaitable[None]],
+) -> None:
+    write: Callable[..., Awaitable[WriteResult]] = sink.write  # type: ignore[attr-defined]
     name: str = sink.name  # type: ignore[attr-defined]
     backoff = Backoff()
-    async with recv, done:
-        async for batch in recv:
+    async with done:
+        async for batch, prepared in batches:
             failed = False
             while True:
                 try:
-                    result = await write(batch)
+                    if prepared is None:
+                        result = await write(batch)
+                    else:
+                        result = await write(batch, prepared)
                     break
                 except RetryableSinkError as exc:
+                    prepared = None  # after a reconnect, work it all out again
                     if not failed:
                         stats.failed_batches += 1
                         failed = True

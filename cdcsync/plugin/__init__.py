@@ -296,7 +296,13 @@ class Destination(Protocol):
         ...
 
     def checkpoints(self) -> Mapping[Partition, int]:
-        """The last applied position of each partition this instance knows of."""
+        """The last applied position of each partition this instance knows of.
+
+        Optional: ``prepare(batch)`` returning anything, which the engine then passes to
+        ``write(batch, prepared)``. The engine calls it for the next batch while the current
+        one is still being written (the CPU half of a write overlapping the database's half);
+        ``write(batch)`` without it must still work (retries call it so).
+        """
         ...
 
     async def problems(self) -> list[str]: ...

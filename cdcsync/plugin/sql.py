@@ -9,7 +9,7 @@ dead letters. The built-in ``postgres`` and ``mysql`` destinations are built exa
 
 from __future__ import annotations
 
-from cdcsync.sinks.compaction import KeyOp, Kind, Mode, TablePlan, plan
+from cdcsync.sinks.compaction import KeyOp, Kind, Mode, Statement, TablePlan, plan, statements
 from cdcsync.sinks.resolve import MissingMappedTable, Resolution, Resolved, Resolver
 from cdcsync.sinks.sqlsink import (
     CheckpointRow,
@@ -35,10 +35,12 @@ __all__ = [
     "Resolver",
     "SqlDestination",
     "SqlOptions",
+    "Statement",
     "TableInfo",
     "TablePlan",
     "Transaction",
     "fence_name",
     "pick_key",
     "plan",
+    "statements",
 ]

@@ -112,50 +112,101 @@ class Statement:
     cols: tuple[str, ...] = ()
     keep: frozenset[str] = frozenset()
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # Statements of different steps (waves, truncate barriers) must run one after the
+    # other: the later may touch rows the earlier wrote. One step's statements touch
+    # distinct rows.
+    step: int = 0
 
 
 def statements(
-    events: Iterable[tuple[TableInfo, Hashable, ChangeEvent]], mode: Mode
+    events: Iterable[tuple[TableInfo, Hashable, ChangeEvent]]
+    | Iterable[tuple[TableInfo, Hashable, ChangeEvent, tuple[str, ...]]],
+    mode: Mode,
 ) -> list[Statement]:
-    """The statements for ``(table, key, event)`` triples in stream order, in the order to run.
+    """The statements for ``(table, key, event[, cols])`` in stream order, in the order to run.
 
-    Per step: truncates, then deletes (tables in reverse order of first appearance, so that
-    a unique value moved from one key to another within a step does not collide), then the
-    writes per table, kind and column set (columns in table order). A delete carries the
-    key as its own event spelt it: a dialect's canonical key may fold spellings that are
-    different rows (it only has to keep one row's events in order).
+    Waves as :func:`plan` makes them; per wave: deletes (tables in reverse order of first
+    appearance, so that a unique value moved from one key to another within a wave does not
+    collide), then the writes per table, kind and column set (columns in table order;
+    ``cols``, when given, is that order for the event's columns, computed once per column set
+    by the resolver). A truncate is a barrier. A delete carries the key as its own event
+    spelt it: a dialect's canonical key may fold spellings that are different rows.
+
+    One pass, no object per event beyond the rows' lists: it runs for every batch.
     """
-    events = list(events)
-    tables: dict[str, TableInfo] = {}
-    for info, _key, _ev in events:
-        tables.setdefault(info.name, info)
     out: list[Statement] = []
-    for step in plan(((info.name, key, ev) for info, key, ev in events), mode):
-        order = [name for name in tables if name in step]
-        for name in order:
-            if step[name].truncate:
-                out.append(Statement(tables[name], truncate=True))
-        for name in reversed(order):
-            key = tables[name].key
-            ops = step[name].ops.values()
-            keys = [{c: op.cols[c] for c in key} for op in ops if op.kind is Kind.DELETE]
-            if keys:
-                out.append(Statement(tables[name], keys=keys))
-        for name in order:
-            info = tables[name]
-            groups: dict[_Shape, list[dict[str, Any]]] = {}
-            ordered: dict[frozenset[str], tuple[str, ...]] = {}  # column set -> table order
-            for op in step[name].ops.values():
-                if op.kind is Kind.DELETE:
-                    continue
-                shape = frozenset(op.cols)
-                cols = ordered.get(shape)
-                if cols is None:
-                    cols = ordered[shape] = tuple(c for c in info.columns if c in shape)
-                groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
-            for (kind, cols, keep), rows in groups.items():
-                out.append(Statement(info, kind=kind, cols=cols, keep=keep, rows=rows))
+    order: dict[str, int] = {}  # table -> first appearance in the batch
+    waves: list[_Wave] = []
+    seen: dict[tuple[str, Hashable], int] = {}
+    upsert, replace = mode is Mode.UPSERT, mode is Mode.REPLACE
+    for e in events:
+        info, key, ev = e[0], e[1], e[2]
+        name = info.name
+        if name not in order:
+            order[name] = len(order)
+        op = ev.op
+        if op is Op.TRUNCATE:
+            _flush(waves, order, out)
+            out.append(Statement(info, truncate=True, step=out[-1].step + 1 if out else 0))
+            waves, seen = [], {}
+            continue
+        n = seen.get((name, key), 0)
+        seen[(name, key)] = n + 1
+        if n == len(waves):
+            waves.append(_Wave())
+        wave = waves[n]
+        wave.tables.setdefault(name, info)
+        if op is Op.DELETE:
+            wave.deletes.setdefault(name, []).append({c: ev.data[c] for c in info.key})
+            continue
+        cols = e[3] if len(e) > 3 else _ordered(info, ev.data)
+        if upsert:
+            shape: _Shape = (Kind.MERGE, cols, _NO_KEEP)
+        elif replace:
+            keep = frozenset(c for c in ev.unavailable if c not in ev.data)
+            shape = (Kind.REPLACE, cols, keep)
+        elif op is Op.UPDATE:
+            continue  # ignore: an update changes nothing
+        else:
+            shape = (Kind.INSERT, cols, _NO_KEEP)
+        groups = wave.writes.get(name)
+        if groups is None:
+            groups = wave.writes[name] = {}
+        rows = groups.get(shape)
+        if rows is None:
+            rows = groups[shape] = []
+        rows.append(ev.data)
+    _flush(waves, order, out)
     return out
 
 
+@dataclass(slots=True)
+class _Wave:
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+    deletes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    writes: dict[str, dict[_Shape, list[dict[str, Any]]]] = field(default_factory=dict)
+
+
+def _flush(waves: list[_Wave], order: dict[str, int], out: list[Statement]) -> None:
+    for wave in waves:
+        step = out[-1].step + 1 if out else 0
+        names = sorted(wave.tables, key=order.__getitem__)
+        for name in reversed(names):
+            keys = wave.deletes.get(name)
+            if keys:
+                out.append(Statement(wave.tables[name], keys=keys, step=step))
+        for name in names:
+            for (kind, cols, keep), rows in wave.writes.get(name, {}).items():
+                out.append(
+                    Statement(
+                        wave.tables[name], kind=kind, cols=cols, keep=keep, rows=rows, step=step
+                    )
+                )
+
+
+def _ordered(info: TableInfo, data: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(c for c in info.columns if c in data)
+
+
 _Shape = tuple[Kind, tuple[str, ...], frozenset[str]]
+_NO_KEEP: frozenset[str] = frozenset()

@@ -36,6 +36,9 @@ class Resolved:
     table: TableInfo
     key: Hashable
     event: ChangeEvent
+    # The event's columns in table order (shared by the events of one column set): the
+    # planner groups rows by it without building a set per event.
+    cols: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -54,6 +57,7 @@ class _Shape:
     unknown: list[str]
     generated: bool
     scalar: tuple[str, ...]  # present columns that do not take a JSON array or object
+    ordered: tuple[str, ...]  # present, writable columns in table order
 
 
 class Resolver:
@@ -104,12 +108,8 @@ class Resolver:
 
     def targets(self, items: list[Item]) -> list[str]:
         """The catalog names a batch needs (for one lookup before resolving)."""
-        names = set()
-        for item in items:
-            ev = item.event
-            if ev is not None and self.refusal(ev.table) is None:
-                names.add(self.mapping.get(ev.table, ev.table))
-        return sorted(names)
+        tables = {item.event.table for item in items if item.event is not None}
+        return sorted({self.mapping.get(t, t) for t in tables if self.refusal(t) is None})
 
     def resolve(self, items: list[Item], tables: Mapping[str, TableInfo | None]) -> Resolution:
         """Name every event's table and key from the catalog, or say why it cannot be applied."""
@@ -167,6 +167,7 @@ class Resolver:
                     tuple(
                         c for c in data if c in cols and not (cols[c].nested or cols[c].generated)
                     ),
+                    tuple(c for c in cols if c in data and not cols[c].generated),
                 )
             if shape.unknown:
                 out.suspects.add(target)
@@ -178,8 +179,15 @@ class Resolver:
                 ev = ChangeEvent(ev.table, ev.op, data, ev.unavailable)
             canonical = self.canonical_key
             try:
-                key = tuple(canonical(data[c], cols[c].type) for c in info.key)
-                hash(key)
+                if len(info.key) == 1:  # most keys: one value, no tuple to build or hash
+                    k = info.key[0]
+                    key = canonical(data[k], cols[k].type)
+                    hash(key)
+                    null_key = key is None
+                else:
+                    key = tuple(canonical(data[c], cols[c].type) for c in info.key)
+                    hash(key)
+                    null_key = None in key
             except KeyError:
                 missing = [c for c in info.key if c not in data]
                 dead.append(
@@ -189,7 +197,7 @@ class Resolver:
             except (TypeError, ArithmeticError, ValueError):
                 dead.append((item, f"primary key of {schema}.{target} must be scalar values"))
                 continue
-            if any(v is None for v in key):
+            if null_key:
                 dead.append((item, f"primary key of {schema}.{target} contains null"))
                 continue
             nested = _nested_into_scalar(data, shape.scalar)
@@ -204,7 +212,7 @@ class Resolver:
                     )
                 )
                 continue
-            resolved.append(Resolved(item, info, key, ev))
+            resolved.append(Resolved(item, info, key, ev, shape.ordered))
         return out
 
 

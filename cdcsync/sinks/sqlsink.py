@@ -33,7 +33,15 @@ from cdcsync.sinks.reasons import WINDOW, group, mask
 from cdcsync.sinks.resolve import Resolution, Resolved, Resolver
 from cdcsync.sinks.tables import TableInfo
 
-__all__ = ["CheckpointRow", "Dialect", "SqlDestination", "SqlOptions", "Transaction", "fence_name"]
+__all__ = [
+    "CheckpointRow",
+    "Dialect",
+    "Prepared",
+    "SqlDestination",
+    "SqlOptions",
+    "Transaction",
+    "fence_name",
+]
 
 log = structlog.get_logger("cdcsync.sinks")
 
@@ -197,6 +205,16 @@ class _StaleCatalog(Exception):
     """A statement named a table or column that the catalog no longer has."""
 
 
+@dataclass(slots=True)
+class Prepared:
+    """What :meth:`SqlDestination.prepare` worked out for a batch ahead of its write."""
+
+    todo: list[Item]
+    last: dict[Partition, int]
+    skipped: int
+    res: Resolution | None
+
+
 class SqlDestination:
     """Applies batches to one SQL database as the only writer of its partitions."""
 
@@ -259,10 +277,29 @@ class SqlDestination:
         except Exception as exc:  # the connection is gone: so are its fences
             log.debug("release failed", error=self.dialect.describe(exc))
 
-    async def write(self, batch: Batch) -> WriteResult:
+    def prepare(self, batch: Batch) -> Prepared | None:
+        """The CPU half of :meth:`write`, done while the previous batch is still being written.
+
+        Filters the batch by the checkpoints and resolves it against the cached catalog.
+        Valid for the next :meth:`write` of this batch: positions only grow within a lane, so
+        the batch before it cannot change which of its items are new. None when the catalog
+        must be asked first (an unknown name): :meth:`write` then does all of it.
+        """
+        todo, last, skipped = self._fresh(batch.items)
+        if not todo:
+            return Prepared(todo, last, skipped, None)
+        tables = self._tables
+        if any(n not in tables for n in self._resolver.targets(todo)):
+            return None
+        res = self._resolver.resolve(todo, tables)
+        if res.suspects or res.missing_mapped:
+            return None
+        return Prepared(todo, last, skipped, res)
+
+    async def write(self, batch: Batch, prepared: Prepared | None = None) -> WriteResult:
         """Apply a batch in one transaction; raises RetryableSinkError to be retried whole."""
         try:
-            return await aio(self._aio_write, batch.items)
+            return await aio(self._aio_write, batch.items, prepared)
         except Exception as exc:
             if self.dialect.is_retryable(exc):
                 raise RetryableSinkError(self.dialect.describe(exc)) from exc
@@ -517,7 +554,7 @@ class SqlDestination:
 
     def _statements(self, group: list[Resolved]) -> list[Statement]:
         return statements(
-            ((r.table, r.key, r.event) for r in group), self.options.conflict_resolution
+            ((r.table, r.key, r.event, r.cols) for r in group), self.options.conflict_resolution
         )
 
     async def _aio_run(self, conn: Any, stmts: list[Statement]) -> None:
@@ -547,12 +584,9 @@ class SqlDestination:
             raise _StaleCatalog from exc
         return dialect.describe(exc)
 
-    async def _aio_write(self, items: list[Item]) -> WriteResult:
-        started = time.perf_counter()
-        conn = self._conn
-        if conn is None or self.dialect.is_closed(conn):
-            cause = f" (last attempt: {self._connect_error})" if self._connect_error else ""
-            raise ConnectionError(f"not connected to {self.dialect.label}{cause}")
+    def _fresh(self, items: list[Item]) -> tuple[list[Item], dict[Partition, int], int]:
+        """The items above their partition's checkpoint, the batch's new positions, and how
+        many were skipped (applied before: a redelivery, or a duplicate within the batch)."""
         checkpoints = self._checkpoints
         last: dict[Partition, int] = {}
         todo: list[Item] = []
@@ -565,18 +599,35 @@ class SqlDestination:
                 if seen is None:
                     seen = checkpoints.get(p, -1)
                 if d.seq <= seen:
-                    skipped += 1  # applied before (redelivery or duplicate within the batch)
+                    skipped += 1
                     continue
                 last[p] = d.seq
             todo.append(item)
+        return todo, last, skipped
+
+    async def _aio_write(self, items: list[Item], prepared: Prepared | None) -> WriteResult:
+        started = time.perf_counter()
+        conn = self._conn
+        if conn is None or self.dialect.is_closed(conn):
+            cause = f" (last attempt: {self._connect_error})" if self._connect_error else ""
+            raise ConnectionError(f"not connected to {self.dialect.label}{cause}")
+        checkpoints = self._checkpoints
+        if prepared is not None:
+            todo, last, skipped, res0 = prepared.todo, prepared.last, prepared.skipped, prepared.res
+        else:
+            (todo, last, skipped), res0 = self._fresh(items), None
         if not todo:
             return WriteResult(skipped=skipped, seconds=time.perf_counter() - started)
         names = self._resolver.targets(todo)
-        await self._aio_lookup(names)
+        if res0 is None:
+            await self._aio_lookup(names)
         for attempt in range(3):
             # After two catalog refreshes, a schema error is the event's fault: dead-letter it.
             self._stale_is_data = attempt == 2
-            res = self._resolver.resolve(todo, self._tables)
+            if res0 is not None and attempt == 0:
+                res = res0  # resolved while the batch before was being written
+            else:
+                res = self._resolver.resolve(todo, self._tables)
             if res.suspects and await self._aio_refresh(res.suspects):
                 res = self._resolver.resolve(todo, self._tables)
             if res.missing_mapped:
@@ -609,10 +660,16 @@ class SqlDestination:
         if not split:
             # Fast path: no savepoints. A data error rolls back and we come back to split.
             try:
+                stmts = self._statements(res.resolved) if res.resolved else []
+                positions = self._positions(last)
+                one = getattr(dialect, "apply_batch", None)
+                if one is not None and await one(
+                    conn, stmts, self.flow, self.name, res.dead, positions
+                ):
+                    return len(res.resolved)
                 async with dialect.transaction(conn):
-                    if res.resolved:
-                        await self._aio_execute(conn, res.resolved)
-                    await dialect.save(conn, self.flow, self.name, res.dead, self._positions(last))
+                    await self._aio_run(conn, stmts)
+                    await dialect.save(conn, self.flow, self.name, res.dead, positions)
                 return len(res.resolved)
             except Exception as exc:
                 self._data_error(exc)

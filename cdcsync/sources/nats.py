@@ -470,9 +470,8 @@ class NatsSource:
         self._dseq = self._acked = 0
         self._last_reply = None
         if o.jetstream is None:
-            self._sub = await self._nc.subscribe(
-                o.subject, cb=self._aio_on_msg, pending_msgs_limit=o.buffer, pending_bytes_limit=0
-            )
+            self._sub = await self._nc.subscribe(o.subject, pending_bytes_limit=0)
+            _Relay.install(self._sub, self._on_msg)
             return
         j = o.jetstream
         durable = self.durable
@@ -501,14 +500,9 @@ class NatsSource:
             config.deliver_policy = js_api.DeliverPolicy.ALL
         await self._js.add_consumer(j.stream, config=config)
         self._sub = await self._js.subscribe_bind(
-            j.stream,
-            config,
-            durable,
-            cb=self._aio_on_msg,
-            manual_ack=True,
-            pending_msgs_limit=self.channel_size(),
-            pending_bytes_limit=0,
+            j.stream, config, durable, manual_ack=True, pending_bytes_limit=0
         )
+        _Relay.install(self._sub, self._on_msg)
         log.info(
             "consumer started",
             flow=self.flow,
@@ -517,7 +511,8 @@ class NatsSource:
             start_seq=(start_after + 1) if start_after is not None else j.deliver,
         )
 
-    async def _aio_on_msg(self, msg: Any) -> None:
+    def _on_msg(self, msg: Any) -> None:
+        """Each message, as nats-py's reader parses it (see :class:`_Relay`)."""
         send = self._send
         if send is None:
             return
@@ -574,6 +569,51 @@ class NatsSource:
                     await aio(sub.unsubscribe)
             except Exception:
                 pass
+
+
+class _Relay:
+    """Hands each message of a subscription straight to the source, as nats-py parses it.
+
+    nats-py queues every message of a callback subscription on an asyncio.Queue and runs
+    the callback as one coroutine per message from a task of its own; that machinery cost
+    about a tenth of the service's CPU per event (docs/performance.md). A subscription made
+    without a callback only ``put_nowait``s its messages into ``_pending_queue``, so this
+    object takes that queue's place and calls the source's handler synchronously instead
+    (asyncio callbacks run on the Trio thread under trio-asyncio; the handler only
+    ``send_nowait``s into a bounded Trio channel). ``qsize()`` is 0 because every message
+    is delivered at once: nats-py's JetStream flow control counts it delivered then.
+    Relies on nats-py's internals (``_pending_queue``, ``_pending_size``): pinned in
+    pyproject.toml and exercised by every JetStream and core NATS test.
+    """
+
+    def __init__(self, sub: Any, handler: Callable[[Any], None]) -> None:
+        self._sub = sub
+        self._handler = handler
+
+    @classmethod
+    def install(cls, sub: Any, handler: Callable[[Any], None]) -> None:
+        """Put a relay in ``sub``'s queue's place (a JetStream push subscription wraps the
+        core subscription that nats-py's reader feeds: that one is replaced)."""
+        sub = getattr(sub, "_sub", sub)
+        if not hasattr(sub, "_pending_queue") or not hasattr(sub, "_pending_size"):
+            raise SourceError("this nats-py version is not supported (no _pending_queue)")
+        sub._pending_queue = cls(sub, handler)
+
+    def put_nowait(self, msg: Any) -> None:
+        self._sub._pending_size -= len(msg.data)
+        self._handler(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:  # drain(): nothing is ever queued here
+        return None
 
 
 SPEC = ComponentSpec(

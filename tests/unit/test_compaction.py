@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdcsync.events import ChangeEvent, Op
-from cdcsync.sinks.compaction import Kind, Mode, TablePlan, plan
+from cdcsync.sinks.compaction import Kind, Mode, Statement, TablePlan, plan, statements
+from cdcsync.sinks.tables import Column, TableInfo
 
 KEY = "id"
 COLUMNS = ("a", "b", "c")
@@ -286,3 +287,68 @@ def test_batches_equal_one_by_one(mode: Mode, initial: Database, data: st.DataOb
     events = [data.draw(events_st(), label=f"event {i}") for i in range(count)]
     batches = data.draw(splits(events), label="batches")
     assert normal(batched(initial, batches, mode)) == normal(one_by_one(initial, events, mode))
+
+
+# --- statements(): the planner the sinks use, held to plan() ------------------------------
+
+
+def reference_statements(events: list[tuple[TableInfo, Any, ChangeEvent]], mode: Mode) -> list[Any]:
+    """statements() as it was before its one-pass rewrite: plan()'s steps grouped per table,
+    kind and column set (the property above proves plan() right)."""
+    tables: dict[str, TableInfo] = {}
+    for info, _key, _ev in events:
+        tables.setdefault(info.name, info)
+    out: list[Any] = []
+    for step in plan(((info.name, key, ev) for info, key, ev in events), mode):
+        names = [name for name in tables if name in step]
+        out += [("truncate", n) for n in names if step[n].truncate]
+        for n in reversed(names):
+            keys = [
+                {c: op.cols[c] for c in tables[n].key}
+                for op in step[n].ops.values()
+                if op.kind is Kind.DELETE
+            ]
+            if keys:
+                out.append(("delete", n, keys))
+        for n in names:
+            groups: dict[Any, list[dict[str, Any]]] = {}
+            for op in step[n].ops.values():
+                if op.kind is not Kind.DELETE:
+                    cols = tuple(c for c in tables[n].columns if c in op.cols)
+                    groups.setdefault((op.kind, cols, op.keep), []).append(op.cols)
+            out += [("write", n, *shape, rows) for shape, rows in groups.items()]
+    return out
+
+
+def shown(stmts: list[Statement]) -> list[Any]:
+    out: list[Any] = []
+    for s in stmts:
+        if s.truncate:
+            out.append(("truncate", s.table.name))
+        elif s.kind is None:
+            out.append(("delete", s.table.name, s.keys))
+        else:
+            out.append(("write", s.table.name, s.kind, s.cols, s.keep, s.rows))
+    return out
+
+
+INFOS = {
+    t: TableInfo("s", t, {c: Column(c, "integer", False, False, False) for c in COLUMNS}, (KEY,))
+    for t in TABLES
+}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(mode=st.sampled_from(list(Mode)), data=st.data())
+def test_statements_are_plans_statements(mode: Mode, data: st.DataObject) -> None:
+    """statements() gives, statement for statement, what plan() and its grouping gave, whether
+    the resolver passes each event's column order or not."""
+    count = data.draw(st.integers(0, 16), label="count")
+    events = [data.draw(events_st(), label=f"event {i}") for i in range(count)]
+    plain = [(INFOS[table], key, ev) for table, key, ev in triples(events)]
+    expected = reference_statements(plain, mode)
+    assert shown(statements(plain, mode)) == expected
+    with_cols = [
+        (info, key, ev, tuple(c for c in info.columns if c in ev.data)) for info, key, ev in plain
+    ]
+    assert shown(statements(with_cols, mode)) == expected

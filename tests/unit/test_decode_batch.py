@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from cdcsync.events import ChangeEvent, Op, decode
+from cdcsync.events import ChangeEvent, Op, decode_auto
 from cdcsync.flow import stages
 from cdcsync.flow.batch import Delivery
 
@@ -21,12 +21,12 @@ def test_a_decoder_bug_is_the_messages_dead_letter(
     """An exception other than DecodeError (a decoder bug) costs its message, not the flow:
     raised out of the fan-out it restarted the flow onto the same message, forever."""
 
-    def buggy(data: bytes, fmt: str) -> Any:
+    def buggy(data: bytes) -> Any:
         if data == b"boom":
             raise error
-        return decode(data, fmt)
+        return decode_auto(data)
 
-    monkeypatch.setattr(stages, "decode", buggy)
+    monkeypatch.setitem(stages.FORMATS, "auto", buggy)
     batch = [Delivery(1, "s", GOOD), Delivery(2, "s", b"boom"), Delivery(3, "s", GOOD)]
     with capture_logs() as logs:
         items = stages.decode_batch(batch, "auto", 1 << 20)

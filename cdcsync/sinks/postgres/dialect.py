@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from cdcsync.plugin import DeadLetter, Item, Partition, scrub, url_secrets
-from cdcsync.plugin.sql import CheckpointRow, Column, Kind, TableInfo, pick_key
+from cdcsync.plugin.sql import CheckpointRow, Column, Kind, Statement, TableInfo, pick_key
 from cdcsync.sinks.postgres import sql
 from cdcsync.sinks.postgres.options import PostgresOptions
 from cdcsync.sinks.postgres.values import BadValue, canonical_key, rows_json, suspect
@@ -207,20 +207,7 @@ class PostgresDialect:
         positions: dict[Partition, tuple[str, int]],
     ) -> None:
         if dead:
-            await conn.execute(
-                self._dl_insert,
-                flow,
-                dest,
-                [i.delivery.subject.replace("\x00", "") for i, _ in dead],
-                [i.delivery.seq if i.delivery.partition.stream else None for i, _ in dead],
-                [
-                    i.delivery.partition.index if i.delivery.partition.stream else None
-                    for i, _ in dead
-                ],
-                [i.delivery.data for i, _ in dead],
-                [reason.replace("\x00", "") for _, reason in dead],
-                [i.event.table.replace("\x00", "") if i.event else None for i, _ in dead],
-            )
+            await conn.execute(self._dl_insert, flow, dest, *_letter_columns(dead))
         for p, (epoch, seq) in positions.items():
             await conn.execute(self._cp_upsert, flow, dest, p.stream, p.index, epoch, seq)
 
@@ -298,6 +285,61 @@ class PostgresDialect:
             keep,
         )
         await conn.execute(stmt, rows_json(rows))
+
+    async def apply_batch(
+        self,
+        conn: asyncpg.Connection,
+        stmts: list[Statement],
+        flow: str,
+        dest: str,
+        dead: list[tuple[Item, str]],
+        positions: dict[Partition, tuple[str, int]],
+    ) -> bool:
+        """A whole batch, its dead letters and its positions as one statement: one round trip.
+
+        Each set-based statement becomes a data-modifying CTE of one ``WITH ... SELECT``, run
+        outside any transaction block, which PostgreSQL executes atomically on its own (no
+        BEGIN, no COMMIT). A wave touches each key once, so no row is modified twice. False
+        (nothing done) for what one statement cannot hold (a truncate, a second wave: those
+        must see what came before them) or more statements than make a plan worth caching;
+        the caller then uses a transaction.
+        """
+        if not stmts and not dead and not positions:
+            return True
+        if len(stmts) > _ONE_STATEMENT_MAX or any(st.truncate or st.step for st in stmts):
+            return False  # a truncate, or a key changed twice: its waves run one by one
+        parts: list[str] = []
+        args: list[Any] = []
+        for st in stmts:
+            n = len(args) + 1
+            key: Hashable
+            if st.kind is None:
+                key = ("delete", st.table.name, st.table.key, n)
+                parts.append(self._sql(key, sql.delete_sql, st.table, n))
+                args.append(rows_json(st.keys))
+            else:
+                key = ("write", st.table.name, st.kind, st.cols, st.keep, st.table.key, n)
+                parts.append(self._sql(key, sql.write_sql, st.table, st.kind, st.cols, st.keep, n))
+                args.append(rows_json(st.rows))
+        state = self.options.state_schema
+        if dead:
+            n = len(args) + 1
+            parts.append(self._sql(("dead", n), sql.dead_letter_sql, state, n))
+            args += [flow, dest, *_letter_columns(dead)]
+        if positions:
+            n = len(args) + 1
+            parts.append(self._sql(("positions", n), sql.checkpoints_sql, state, n))
+            args += [
+                flow,
+                dest,
+                [p.stream for p in positions],
+                [p.index for p in positions],
+                [epoch for epoch, _ in positions.values()],
+                [seq for _, seq in positions.values()],
+            ]
+        text = "WITH " + ", ".join(f"s{i} AS ({p})" for i, p in enumerate(parts)) + " SELECT 1"
+        await conn.execute(text, *args)
+        return True
 
     # --- dead letters ---------------------------------------------------------------------
 
@@ -398,3 +440,21 @@ class PostgresDialect:
             before,
         )
         return int(status.split()[-1])
+
+
+# Statements of one batch beyond which a batch runs as a transaction of separate statements:
+# the one-statement form is planned anew for every new combination of statements, so it pays
+# off only for the few shapes a steady stream repeats (full row images: one write statement).
+_ONE_STATEMENT_MAX = 4
+
+
+def _letter_columns(dead: list[tuple[Item, str]]) -> list[list[Any]]:
+    """The dead letters' columns as the arrays ``dead_letter_sql`` unnests."""
+    return [
+        [i.delivery.subject.replace("\x00", "") for i, _ in dead],
+        [i.delivery.seq if i.delivery.partition.stream else None for i, _ in dead],
+        [i.delivery.partition.index if i.delivery.partition.stream else None for i, _ in dead],
+        [i.delivery.data for i, _ in dead],
+        [reason.replace("\x00", "") for _, reason in dead],
+        [i.event.table.replace("\x00", "") if i.event else None for i, _ in dead],
+    ]

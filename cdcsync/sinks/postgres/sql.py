@@ -17,6 +17,7 @@ __all__ = [
     "CATALOG_TABLES",
     "LEGACY_TABLES",
     "checkpoint_sql",
+    "checkpoints_sql",
     "dead_letter_sql",
     "dead_letter_table",
     "delete_sql",
@@ -81,15 +82,19 @@ def _columns(cols: tuple[str, ...]) -> str:
     return ", ".join(quote_ident(c) for c in cols)
 
 
-def write_sql(table: TableInfo, kind: Kind, cols: tuple[str, ...], keep: frozenset[str]) -> str:
+def write_sql(
+    table: TableInfo, kind: Kind, cols: tuple[str, ...], keep: frozenset[str], param: int = 1
+) -> str:
     """One ``INSERT ... SELECT FROM json_populate_recordset(...) ON CONFLICT`` for a row group.
 
-    ``cols`` are the columns present in every row of the group (key included).
+    ``cols`` are the columns present in every row of the group (key included); the rows are
+    parameter ``$param``.
     """
     collist = _columns(cols)
     head = (
         f"INSERT INTO {qualified(table)} ({collist}) "
-        f"SELECT {collist} FROM json_populate_recordset(NULL::{qualified(table)}, $1::json) "
+        f"SELECT {collist} FROM json_populate_recordset(NULL::{qualified(table)}, "
+        f"${param}::json) "
         f"ON CONFLICT ({_columns(table.key)}) DO "
     )
     key = set(table.key)
@@ -106,11 +111,12 @@ def write_sql(table: TableInfo, kind: Kind, cols: tuple[str, ...], keep: frozens
     return head + "UPDATE SET " + ", ".join(sets)
 
 
-def delete_sql(table: TableInfo) -> str:
+def delete_sql(table: TableInfo, param: int = 1) -> str:
     match = " AND ".join(f"t.{quote_ident(c)} = k.{quote_ident(c)}" for c in table.key)
     return (
         f"DELETE FROM {qualified(table)} AS t "
-        f"USING json_populate_recordset(NULL::{qualified(table)}, $1::json) AS k WHERE {match}"
+        f"USING json_populate_recordset(NULL::{qualified(table)}, ${param}::json) AS k "
+        f"WHERE {match}"
     )
 
 
@@ -209,10 +215,27 @@ def dead_letter_table(state_schema: str) -> str:
     return f"{quote_ident(state_schema)}.dead_letters"
 
 
-def dead_letter_sql(state_schema: str) -> str:
+def dead_letter_sql(state_schema: str, param: int = 1) -> str:
+    """Dead letters from parameters ``$param`` (flow) to ``$param+7`` (the tables, as arrays)."""
+    p = [f"${param + i}" for i in range(8)]
     return (
         f"INSERT INTO {dead_letter_table(state_schema)} "
         f"(flow, destination, subject, stream_seq, partition, payload, error, table_name) "
-        f"SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::integer[], $6::bytea[], "
-        f"$7::text[], $8::text[])"
+        f"SELECT {p[0]}, {p[1]}, * FROM unnest({p[2]}::text[], {p[3]}::bigint[], "
+        f"{p[4]}::integer[], {p[5]}::bytea[], {p[6]}::text[], {p[7]}::text[])"
+    )
+
+
+def checkpoints_sql(state_schema: str, param: int = 1) -> str:
+    """Every partition's new position at once, from parameters ``$param`` (flow),
+    ``$param+1`` (destination) and four arrays: stream, partition, stream_created, last_seq."""
+    p = [f"${param + i}" for i in range(6)]
+    t = f"{quote_ident(state_schema)}.checkpoints"
+    return (
+        f"INSERT INTO {t} (flow, destination, stream, partition, stream_created, last_seq) "
+        f"SELECT {p[0]}, {p[1]}, * FROM unnest({p[2]}::text[], {p[3]}::integer[], "
+        f"{p[4]}::text[], {p[5]}::bigint[]) "
+        f"ON CONFLICT (flow, destination, stream, partition) "
+        f"DO UPDATE SET stream_created = EXCLUDED.stream_created, "
+        f"last_seq = EXCLUDED.last_seq, updated_at = now()"
     )
