@@ -292,17 +292,18 @@ class Destination(Protocol):
     async def write(self, batch: Batch) -> WriteResult:
         """Apply a batch atomically with its dead letters and each partition's new position;
         skip items at or below their partition's checkpoint. RetryableSinkError: the same
-        batch is retried after :meth:`connect` and :meth:`claim` again."""
+        batch is retried after :meth:`connect` and :meth:`claim` again.
+
+        Optional: ``prepare(batch)`` (a plain function, no I/O) returning anything, which the
+        engine then passes to ``write(batch, prepared)``. The engine calls it for the next
+        batch while the current one is still being written, so the CPU half of a write
+        overlaps the database's half; ``write(batch)`` alone must still work (a retry calls
+        it so). docs/semantics.md, "Batches in flight", says why the order holds.
+        """
         ...
 
     def checkpoints(self) -> Mapping[Partition, int]:
-        """The last applied position of each partition this instance knows of.
-
-        Optional: ``prepare(batch)`` returning anything, which the engine then passes to
-        ``write(batch, prepared)``. The engine calls it for the next batch while the current
-        one is still being written (the CPU half of a write overlapping the database's half);
-        ``write(batch)`` without it must still work (retries call it so).
-        """
+        """The last applied position of each partition this instance knows of."""
         ...
 
     async def problems(self) -> list[str]: ...
