@@ -618,8 +618,8 @@ class SqlDestination:
             (todo, last, skipped), res0 = self._fresh(items), None
         if not todo:
             return WriteResult(skipped=skipped, seconds=time.perf_counter() - started)
-        names = self._resolver.targets(todo)
-        if res0 is None:
+        names = None if res0 is not None else self._resolver.targets(todo)
+        if names is not None:
             await self._aio_lookup(names)
         for attempt in range(3):
             # After two catalog refreshes, a schema error is the event's fault: dead-letter it.
@@ -640,6 +640,8 @@ class SqlDestination:
                 written = await self._aio_transaction(res, todo, last, split=attempt > 0)
             except _StaleCatalog:
                 self._tables.clear()
+                if names is None:  # prepared: the names were found then, not kept
+                    names = self._resolver.targets(todo)
                 await self._aio_lookup(names)
                 continue
             checkpoints.update(last)
