@@ -116,6 +116,9 @@ class Statement:
     # other: the later may touch rows the earlier wrote. One step's statements touch
     # distinct rows.
     step: int = 0
+    # The write's argument as the dialect's optional ``encode`` worked it out ahead (while
+    # the batch before was being written); None: the write works it out itself.
+    encoded: Any = None
 
 
 def statements(

@@ -158,7 +158,12 @@ class Dialect(Protocol):
         cols: tuple[str, ...],
         keep: frozenset[str],
         rows: list[dict[str, Any]],
-    ) -> None: ...
+    ) -> None:
+        """Optional companion: ``encode(conn, statement)`` (no I/O) returns the write's
+        argument (its rows as the database takes them), worked out for the next batch while
+        the current one is written; ``write`` then gets it as ``encoded=`` and must use it
+        instead of ``rows``. Only a dialect that has ``encode`` is ever passed ``encoded``."""
+        ...
 
     # dead letters (operator tools)
     async def list_letters(
@@ -213,6 +218,7 @@ class Prepared:
     last: dict[Partition, int]
     skipped: int
     res: Resolution | None
+    stmts: list[Statement] | None = None  # planned from ``res``
 
 
 class SqlDestination:
@@ -294,7 +300,19 @@ class SqlDestination:
         res = self._resolver.resolve(todo, tables)
         if res.suspects or res.missing_mapped:
             return None
-        return Prepared(todo, last, skipped, res)
+        try:
+            stmts = self._statements(res.resolved)
+        except Exception:  # whatever it is, the write meets it again where it is handled
+            return Prepared(todo, last, skipped, res)
+        encode = getattr(self.dialect, "encode", None)
+        if encode is not None and self._conn is not None:
+            for st in stmts:
+                if st.kind is not None:
+                    try:
+                        st.encoded = encode(self._conn, st)
+                    except Exception:  # a bad value: the write meets it where it is judged
+                        st.encoded = None
+        return Prepared(todo, last, skipped, res, stmts)
 
     async def write(self, batch: Batch, prepared: Prepared | None = None) -> WriteResult:
         """Apply a batch in one transaction; raises RetryableSinkError to be retried whole."""
@@ -564,6 +582,9 @@ class SqlDestination:
                 await dialect.truncate(conn, st.table)
             elif st.kind is None:
                 await dialect.delete(conn, st.table, st.keys)
+            elif st.encoded is not None:  # only a dialect with ``encode``: its write takes it
+                write: Any = dialect.write
+                await write(conn, st.table, st.kind, st.cols, st.keep, st.rows, encoded=st.encoded)
             else:
                 await dialect.write(conn, st.table, st.kind, st.cols, st.keep, st.rows)
 
@@ -612,8 +633,10 @@ class SqlDestination:
             cause = f" (last attempt: {self._connect_error})" if self._connect_error else ""
             raise ConnectionError(f"not connected to {self.dialect.label}{cause}")
         checkpoints = self._checkpoints
+        planned = None
         if prepared is not None:
             todo, last, skipped, res0 = prepared.todo, prepared.last, prepared.skipped, prepared.res
+            planned = prepared.stmts
         else:
             (todo, last, skipped), res0 = self._fresh(items), None
         if not todo:
@@ -637,7 +660,9 @@ class SqlDestination:
                     f"recreated; nothing is acknowledged meanwhile"
                 )
             try:
-                written = await self._aio_transaction(res, todo, last, split=attempt > 0)
+                written = await self._aio_transaction(
+                    res, todo, last, split=attempt > 0, planned=planned if res is res0 else None
+                )
             except _StaleCatalog:
                 self._tables.clear()
                 if names is None:  # prepared: the names were found then, not kept
@@ -655,14 +680,22 @@ class SqlDestination:
         return {p: (claimed.get(p, ""), seq) for p, seq in last.items()}
 
     async def _aio_transaction(
-        self, res: Resolution, todo: list[Item], last: dict[Partition, int], split: bool
+        self,
+        res: Resolution,
+        todo: list[Item],
+        last: dict[Partition, int],
+        split: bool,
+        planned: list[Statement] | None = None,
     ) -> int:
         conn = self._conn
         dialect = self.dialect
         if not split:
             # Fast path: no savepoints. A data error rolls back and we come back to split.
             try:
-                stmts = self._statements(res.resolved) if res.resolved else []
+                if planned is not None:
+                    stmts = planned  # planned while the batch before was being written
+                else:
+                    stmts = self._statements(res.resolved) if res.resolved else []
                 positions = self._positions(last)
                 one = getattr(dialect, "apply_batch", None)
                 if one is not None and await one(

@@ -19,7 +19,7 @@ from typing import Any
 import asyncmy.errors
 
 from cdcsync.plugin import DeadLetter, Item, Partition, scrub, url_secrets
-from cdcsync.plugin.sql import CheckpointRow, Column, Kind, TableInfo, pick_key
+from cdcsync.plugin.sql import CheckpointRow, Column, Kind, Statement, TableInfo, pick_key
 from cdcsync.sinks.mysql import sql
 from cdcsync.sinks.mysql.options import MAX_NAME, MysqlOptions
 from cdcsync.sinks.mysql.session import Session, Transaction, open_session, route_driver_logs
@@ -368,21 +368,22 @@ class MysqlDialect:
         cols: tuple[str, ...],
         keep: frozenset[str],
         rows: list[dict[str, Any]],
+        encoded: list[str] | None = None,
     ) -> None:
         stmt, convert = self._write_plan(table, kind, cols, keep)
-        values = [[r[c] for c in cols] for r in rows]
-        # Column by column: most columns need nothing, and a loop per column costs less than
-        # a test per value.
-        for i, f in enumerate(convert):
-            if f is not None:
-                for v in values:
-                    x = v[i]
-                    if x is not None:
-                        v[i] = f(x)
+        if encoded is None:
+            encoded = _chunks(_converted(rows, cols, convert), conn.budget)
         try:
-            await _atomically(conn, [(stmt, (c,)) for c in _chunks(values, conn.budget)])
+            await _atomically(conn, [(stmt, (c,)) for c in encoded])
         except asyncmy.errors.Error as exc:
             raise _explain(exc, table, self._uniques.get(table.name, [])) from exc
+
+    def encode(self, conn: Session, st: Statement) -> list[str]:
+        """A write's rows as the JSON documents its statement takes (see :meth:`write`)."""
+        if st.kind is None:
+            raise ValueError("a delete has no rows to encode")
+        _, convert = self._write_plan(st.table, st.kind, st.cols, st.keep)
+        return _chunks(_converted(st.rows, st.cols, convert), conn.budget)
 
     # --- dead letters ---------------------------------------------------------------------
 
@@ -551,6 +552,22 @@ def _explain(exc: asyncmy.errors.Error, table: TableInfo, uniques: list[str]) ->
             f"does not overwrite another row"
         )
     return exc
+
+
+def _converted(
+    rows: list[dict[str, Any]], cols: tuple[str, ...], convert: tuple[Convert | None, ...]
+) -> list[list[Any]]:
+    """The rows' values in ``cols`` order, each as MySQL takes it."""
+    values = [[r[c] for c in cols] for r in rows]
+    # Column by column: most columns need nothing, and a loop per column costs less than a
+    # test per value.
+    for i, f in enumerate(convert):
+        if f is not None:
+            for v in values:
+                x = v[i]
+                if x is not None:
+                    v[i] = f(x)
+    return values
 
 
 def _chunks(rows: list[Any], budget: int) -> list[str]:

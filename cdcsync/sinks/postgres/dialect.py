@@ -275,6 +275,7 @@ class PostgresDialect:
         cols: tuple[str, ...],
         keep: frozenset[str],
         rows: list[dict[str, Any]],
+        encoded: str | None = None,
     ) -> None:
         stmt = self._sql(
             ("write", table.name, kind, cols, keep, table.key),
@@ -284,7 +285,11 @@ class PostgresDialect:
             cols,
             keep,
         )
-        await conn.execute(stmt, rows_json(rows))
+        await conn.execute(stmt, rows_json(rows) if encoded is None else encoded)
+
+    def encode(self, conn: asyncpg.Connection, st: Statement) -> str:
+        """A write's rows as the one JSON document its statement takes (see :meth:`write`)."""
+        return rows_json(st.rows)
 
     async def apply_batch(
         self,
@@ -320,7 +325,7 @@ class PostgresDialect:
             else:
                 key = ("write", st.table.name, st.kind, st.cols, st.keep, st.table.key, n)
                 parts.append(self._sql(key, sql.write_sql, st.table, st.kind, st.cols, st.keep, n))
-                args.append(rows_json(st.rows))
+                args.append(rows_json(st.rows) if st.encoded is None else st.encoded)
         state = self.options.state_schema
         if dead:
             n = len(args) + 1
