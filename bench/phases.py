@@ -42,6 +42,7 @@ PHASES = (
     "flows3",
     "fanout",
     "latency",
+    "latency-half",
     "naive",
     "pg-limit",
     "nats-limit",
@@ -53,6 +54,8 @@ PHASES = (
 )
 MYSQL_PHASES = ("mysql", "mysql-limit", "mysql-naive")
 FLOWS = 3
+# The latency phases' streams: each run reads a fresh one (see Run.latency_stream).
+_LATENCY_TAGS = {"latency": "LAT", "latency-half": "HALF"}
 
 
 # --- run context ---------------------------------------------------------------------------
@@ -87,12 +90,16 @@ class Run:
         parts = urlsplit(self.pg_url)
         return urlunsplit(parts._replace(path=f"/{database}"))
 
-    def latency_stream(self, attempt: int) -> tuple[str, str]:
+    def latency_stream(self, attempt: int, tag: str = "LAT") -> tuple[str, str]:
         """A fresh (stream, subject) per latency run: cdcsync must start caught up."""
-        return f"{self.stream}_LAT{attempt}", f"{self.uid}.lat{attempt}.users"
+        return f"{self.stream}_{tag}{attempt}", f"{self.uid}.{tag.lower()}{attempt}.users"
 
     def streams(self) -> list[str]:
-        lat = [self.latency_stream(n)[0] for n in range(max(1, self.args.repeat))]
+        lat = [
+            self.latency_stream(n, tag)[0]
+            for n in range(max(1, self.args.repeat))
+            for tag in _LATENCY_TAGS.values()
+        ]
         return [self.stream, *lat, *(s for s, _ in self.flow_streams)]
 
     def spec(self, flows: list[dict[str, Any]], timeout: float, **over: Any) -> dict[str, Any]:
@@ -379,6 +386,8 @@ class Phases:
         self.expected_naive = wl.expected_canonical(wl.state_after(work.ops[: self.naive_count]))
         self.plans = wl.chunk_plans(work.ops, self.a.batch_size)
         self.timeout = max(60.0, self.a.events / 2000)
+        # The best events/s of the cdcsync phase so far: latency-half paces at half of it.
+        self.one_flow_eps: float | None = None
 
     def _ddl(self, phase: str, names: tuple[str, ...] = ("users",), ddl: str = wl.DDL) -> list[str]:
         return [ddl.format(table=self.run.table(phase, n)) for n in names]
@@ -392,13 +401,16 @@ class Phases:
         r = run_child(run.spec([flow], self.timeout))
         first = r["first_commit_s"] or 0.0
         check = asyncio.run(verify(run.pg_url, [run.table("cdcsync")], self.expected))
-        return child_result(
+        out = child_result(
             "cdcsync",
             self.a.events,
             r,
             steady_events_per_s=round(self.a.events / (r["seconds"] - first), 1),
             verify=check,
         )
+        if not out["failed"] and out["events_per_s"]:
+            self.one_flow_eps = max(self.one_flow_eps or 0.0, out["events_per_s"])
+        return out
 
     def kafka(self, attempt: int) -> dict[str, Any]:
         """The ``cdcsync`` phase with the Kafka source: the same events and destination, read
@@ -471,25 +483,36 @@ class Phases:
         )
 
     def latency(self, attempt: int) -> dict[str, Any]:
+        """Publish-to-row latency at ``--latency-rate`` (the issue's 10,000 events/s)."""
+        return self._latency("latency", attempt, self.a.latency_rate)
+
+    def latency_half(self, attempt: int) -> dict[str, Any]:
+        """The same at half of this run's best cdcsync events/s (to the nearest 100): a slow
+        machine is judged at a load that is the same share of what it can do."""
+        if not self.one_flow_eps:
+            raise RuntimeError("latency-half needs a cdcsync run of this run that succeeded")
+        rate = max(100.0, round(self.one_flow_eps / 2, -2))
+        return self._latency("latency-half", attempt, rate)
+
+    def _latency(self, phase: str, attempt: int, rate: float) -> dict[str, Any]:
         run, a = self.run, self.a
-        count = int(a.latency_rate * a.latency_seconds)
+        count = int(rate * a.latency_seconds)
         payloads = wl.latency_payloads(count)
-        table = run.table("latency")
+        table = run.table(phase)
         asyncio.run(
-            create_tables(
-                run.pg_url, run.schema("latency"), self._ddl("latency", ddl=wl.LATENCY_DDL)
-            )
+            create_tables(run.pg_url, run.schema(phase), self._ddl(phase, ddl=wl.LATENCY_DDL))
         )
-        stream, subject = run.latency_stream(attempt)
+        stream, subject = run.latency_stream(attempt, _LATENCY_TAGS[phase])
         asyncio.run(add_stream(run.nats_url, stream, subject))
-        dest = dest_spec("pg", run.pg_url, run.schema("latency"))
-        flow = flow_spec("latency", stream, subject, f"{run.uid}-lat-{attempt}", None, [dest])
+        dest = dest_spec("pg", run.pg_url, run.schema(phase))
+        durable = f"{run.uid}-{_LATENCY_TAGS[phase].lower()}-{attempt}"
+        flow = flow_spec("latency", stream, subject, durable, None, [dest])
         published: dict[str, Any] = {}
 
         def publish(ready: dict[str, Any]) -> dict[str, int]:
             time.sleep(a.latency_settle)  # running, caught up (the stream is empty), idle
             published.update(
-                asyncio.run(publish_paced(run.nats_url, stream, subject, payloads, a.latency_rate))
+                asyncio.run(publish_paced(run.nats_url, stream, subject, payloads, rate))
             )
             return {"latency": published["last_seq"]}
 
@@ -497,7 +520,7 @@ class Phases:
         figures = asyncio.run(latency_figures(run.pg_url, table))
         ok = figures["rows"] == count
         return child_result(
-            "latency",
+            phase,
             count,
             r,
             publisher=published,

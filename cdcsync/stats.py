@@ -124,6 +124,9 @@ class DestinationStats(ErrorState):
     last_error_at: float | None = None
     last_batch_ms: float | None = None
     checkpoint: int | None = None
+    # Requests to the database that writing the batches took (None: the destination does
+    # not count them): divided by ``batches``, what a batch costs in round trips.
+    round_trips: int | None = None
     rate: Rate = field(default_factory=Rate)
     latency: Histogram = field(default_factory=Histogram)
 
@@ -137,6 +140,7 @@ class DestinationStats(ErrorState):
             "batches": self.batches,
             "failed_batches": self.failed_batches,
             "retries": self.retries,
+            "round_trips": self.round_trips,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_batch_latency_ms": self.last_batch_ms,
@@ -147,6 +151,8 @@ class DestinationStats(ErrorState):
     def reset(self) -> None:
         self.written = self.dead_lettered = self.skipped = 0
         self.batches = self.failed_batches = self.retries = 0
+        if self.round_trips is not None:
+            self.round_trips = 0
         self.last_error = self.last_error_at = None
         self.rate.reset()
         self.latency.reset()
@@ -209,7 +215,7 @@ class FlowStats(ErrorState):
 
 _FLOW_COUNTERS = frozenset({"received", "acked", "restarts", "dropped"})
 _DEST_COUNTERS = frozenset(
-    {"written", "dead_lettered", "skipped", "batches", "failed_batches", "retries"}
+    {"written", "dead_lettered", "skipped", "batches", "failed_batches", "retries", "round_trips"}
 )
 
 
@@ -238,10 +244,12 @@ class _TeeHistogram(Histogram):
 
 
 def _tee(obj: Any, name: str, value: Any, counters: frozenset[str]) -> None:
-    """Set ``name``; a counter's increase also goes to ``obj.parent``."""
+    """Set ``name``; a counter's increase also goes to ``obj.parent`` (None counts as 0:
+    ``round_trips`` is None until a destination that counts them wrote)."""
     parent = obj.__dict__.get("parent")
-    if parent is not None and name in counters:
-        object.__setattr__(parent, name, getattr(parent, name) + value - getattr(obj, name))
+    if parent is not None and name in counters and value is not None:
+        grown = value - (getattr(obj, name) or 0)
+        object.__setattr__(parent, name, (getattr(parent, name) or 0) + grown)
     object.__setattr__(obj, name, value)
     changed = obj.__dict__.get("on_change")
     if changed is not None and name in ("status", "pending", "checkpoint", "last_error"):

@@ -264,6 +264,7 @@ async def _write_batches(
     write: Callable[..., Awaitable[WriteResult]] = sink.write  # type: ignore[attr-defined]
     name: str = sink.name  # type: ignore[attr-defined]
     backoff = Backoff()
+    trips_seen: int | None = getattr(sink, "round_trips", None)
     async with done:
         async for batch, prepared in batches:
             failed = False
@@ -312,6 +313,10 @@ async def _write_batches(
             stats.rate.add(result.written)
             stats.last_batch_ms = round(result.seconds * 1000, 2)
             stats.latency.observe(result.seconds)
+            if trips_seen is not None:  # the sink counts them: cumulative, failed tries too
+                trips: int = sink.round_trips  # type: ignore[attr-defined]
+                stats.round_trips = (stats.round_trips or 0) + trips - trips_seen
+                trips_seen = trips
             checkpoints = sink.checkpoints()  # type: ignore[attr-defined]
             stats.checkpoint = next(iter(checkpoints.values())) if len(checkpoints) == 1 else None
             if result.dead_lettered:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol
@@ -104,7 +104,9 @@ class Dialect(Protocol):
     ``statement_atomic`` (default False): a statement that fails undoes only itself and
     leaves the transaction usable (MySQL), so isolating bad events needs no savepoint
     around a single statement; ``nested_columns`` (default PostgreSQL's words): which
-    columns take JSON arrays and objects, for the dead letter of one that does not.
+    columns take JSON arrays and objects, for the dead letter of one that does not;
+    ``round_trips(conn) -> int`` (default none): the requests ``conn`` has sent so far, from
+    which the sink counts what writing batches costs (``round_trips`` in the statistics).
     """
 
     label: str  # "PostgreSQL", "MySQL": in messages
@@ -248,6 +250,10 @@ class SqlDestination:
             ),
         )
         self._atomic = bool(getattr(dialect, "statement_atomic", False))
+        self._count_trips: Callable[[Any], int] | None = getattr(dialect, "round_trips", None)
+        # Round trips spent applying batches (rows, dead letters, positions, BEGIN/COMMIT,
+        # savepoints; failed attempts too; not the catalog look-ups): None when not counted.
+        self.round_trips: int | None = None if self._count_trips is None else 0
         # Why the last connection attempt failed: a write with no connection says so.
         self._connect_error: str | None = None
 
@@ -660,7 +666,7 @@ class SqlDestination:
                     f"recreated; nothing is acknowledged meanwhile"
                 )
             try:
-                written = await self._aio_transaction(
+                written = await self._aio_counted(
                     res, todo, last, split=attempt > 0, planned=planned if res is res0 else None
                 )
             except _StaleCatalog:
@@ -678,6 +684,25 @@ class SqlDestination:
     def _positions(self, last: dict[Partition, int]) -> dict[Partition, tuple[str, int]]:
         claimed = self._claimed
         return {p: (claimed.get(p, ""), seq) for p, seq in last.items()}
+
+    async def _aio_counted(
+        self,
+        res: Resolution,
+        todo: list[Item],
+        last: dict[Partition, int],
+        split: bool,
+        planned: list[Statement] | None,
+    ) -> int:
+        """:meth:`_aio_transaction`, adding the round trips it took to ``round_trips``."""
+        count = self._count_trips
+        if count is None:
+            return await self._aio_transaction(res, todo, last, split, planned)
+        conn = self._conn
+        before = count(conn)
+        try:
+            return await self._aio_transaction(res, todo, last, split, planned)
+        finally:
+            self.round_trips = (self.round_trips or 0) + count(conn) - before
 
     async def _aio_transaction(
         self,

@@ -125,6 +125,11 @@ def test_partition_counters_add_up_into_the_flow() -> None:
     assert flow.destination("db").checkpoint is None  # one per partition, not per flow
     assert [p.position for p in parts] == [100, 101]
     assert changes  # the flow's status is recomputed when a partition's changes
+    assert flow.destination("db").round_trips is None  # not counted (yet)
+    for p in parts:
+        d = p.destination("db")
+        d.round_trips = (d.round_trips or 0) + 3  # as the writer stage adds a batch's
+    assert flow.destination("db").round_trips == 6
     flow.reset()
     parts[0].received += 1
     assert flow.received == 1

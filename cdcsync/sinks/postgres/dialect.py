@@ -21,7 +21,7 @@ from cdcsync.sinks.postgres import sql
 from cdcsync.sinks.postgres.options import PostgresOptions
 from cdcsync.sinks.postgres.values import BadValue, canonical_key, rows_json, suspect
 
-__all__ = ["PostgresDialect", "is_retryable"]
+__all__ = ["CountingConnection", "PostgresDialect", "is_retryable"]
 
 log = structlog.get_logger("cdcsync.sinks.postgres")
 
@@ -50,6 +50,38 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
+class CountingConnection(asyncpg.Connection):
+    """An asyncpg connection that counts its requests, for ``round_trips`` in the statistics.
+
+    Each call below sends its messages and waits for the answer: one round trip (a statement
+    new to the connection's statement cache adds one to prepare it, which is not counted).
+    A transaction's BEGIN, COMMIT, ROLLBACK and savepoints go through ``execute``. One
+    integer increment per call, not per row.
+    """
+
+    round_trips = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        return await super().execute(*args, **kwargs)
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        return await super().executemany(*args, **kwargs)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        return await super().fetch(*args, **kwargs)
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        return await super().fetchval(*args, **kwargs)
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        return await super().fetchrow(*args, **kwargs)
+
+
 class PostgresDialect:
     """PostgreSQL behind :class:`cdcsync.plugin.sql.SqlDestination`."""
 
@@ -71,7 +103,12 @@ class PostgresDialect:
             self.options.url,
             timeout=self.options.connect_timeout_s,
             server_settings={"application_name": f"cdcsync:{self.flow}:{self.name}"},
+            connection_class=CountingConnection,
         )
+
+    def round_trips(self, conn: CountingConnection) -> int:
+        """Requests ``conn`` has sent so far (the sink counts those that write batches)."""
+        return conn.round_trips
 
     async def close(self, conn: asyncpg.Connection) -> None:
         await conn.close(timeout=2)
