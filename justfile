@@ -37,7 +37,7 @@ lint:
     .venv/bin/ruff format --check .
     .venv/bin/mypy
 
-# end-to-end benchmark, one table + bench/results/*.json (5-9 min); `just bench --quick`: smoke run (<1 min)
+# end-to-end benchmark: the tables (issue 15 targets included) + bench/results/*.json (4-13 min); `just bench --quick`: smoke run (<1 min)
 bench *args:
     scripts/dev bench {{args}}
 
