@@ -69,7 +69,8 @@ class Serve(CdcProcess):
     """A ``cdcsync serve`` child process, with the browser tests' wait for its flows."""
 
     def wait_started(self, timeout: float = 30.0) -> str:
-        """Wait for every flow to start; returns the API's base URL."""
+        """Wait for every flow to run (its stream and consumer exist: a publish before that
+        finds no stream); returns the API's base URL."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -77,7 +78,9 @@ class Serve(CdcProcess):
                 raise AssertionError(f"cdcsync exited with {self.proc.returncode}\n{self.tail()}")
             events = self.logs()
             binds = [b for e in events if e.get("event") == "api listening" for b in e["binds"]]
-            if binds and any(e.get("event") == "cdcsync started" for e in events):
+            flows = [f for e in events if e.get("event") == "cdcsync started" for f in e["flows"]]
+            running = {e.get("flow") for e in events if e.get("event") == "flow running"}
+            if binds and flows and running.issuperset(flows):
                 return str(binds[0])
             time.sleep(0.1)
         raise AssertionError(f"cdcsync did not start within {timeout} s\n{self.tail()}")
