@@ -350,6 +350,63 @@ class PostgresDialect:
             return True
         if len(stmts) > _ONE_STATEMENT_MAX or any(st.truncate or st.step for st in stmts):
             return False  # a truncate, or a key changed twice: its waves run one by one
+        await conn.execute(*self._combined(stmts, flow, dest, dead, positions))
+        return True
+
+    async def apply_waves(
+        self,
+        conn: asyncpg.Connection,
+        stmts: list[Statement],
+        flow: str,
+        dest: str,
+        dead: list[tuple[Item, str]],
+        positions: dict[Partition, tuple[str, int]],
+    ) -> None:
+        """A batch inside the caller's transaction, one statement per wave.
+
+        A wave's statements touch distinct rows, so they run as the data-modifying CTEs of
+        one statement (PostgreSQL orders their effects as it likes: a unique value moved from
+        one key to another that collides fails the batch, which then isolates its events one
+        by one, correctly and slowly); the last wave also carries the dead letters and the
+        positions. A truncate is a step of its own and runs alone; a wave of one statement
+        stays that statement (its text is cached, a combined one is often new).
+        """
+        groups: list[list[Statement]] = []
+        for st in stmts:
+            if groups and groups[-1][0].step == st.step:
+                groups[-1].append(st)
+            else:
+                groups.append([st])
+        last = len(groups) - 1
+        for i, group in enumerate(groups):
+            if i == last and not any(st.truncate for st in group):
+                await conn.execute(*self._combined(group, flow, dest, dead, positions))
+                return
+            if len(group) == 1 or any(st.truncate for st in group):
+                for st in group:
+                    await self._one(conn, st)
+            else:
+                await conn.execute(*self._combined(group, flow, dest, [], {}))
+        await self.save(conn, flow, dest, dead, positions)
+
+    async def _one(self, conn: asyncpg.Connection, st: Statement) -> None:
+        if st.truncate:
+            await self.truncate(conn, st.table)
+        elif st.kind is None:
+            await self.delete(conn, st.table, st.keys)
+        else:
+            await self.write(conn, st.table, st.kind, st.cols, st.keep, st.rows, st.encoded)
+
+    def _combined(
+        self,
+        stmts: list[Statement],
+        flow: str,
+        dest: str,
+        dead: list[tuple[Item, str]],
+        positions: dict[Partition, tuple[str, int]],
+    ) -> list[Any]:
+        """One ``WITH ... SELECT 1`` of ``stmts`` (one step), the dead letters and the
+        positions, followed by its arguments."""
         parts: list[str] = []
         args: list[Any] = []
         for st in stmts:
@@ -380,8 +437,7 @@ class PostgresDialect:
                 [seq for _, seq in positions.values()],
             ]
         text = "WITH " + ", ".join(f"s{i} AS ({p})" for i, p in enumerate(parts)) + " SELECT 1"
-        await conn.execute(text, *args)
-        return True
+        return [text, *args]
 
     # --- dead letters ---------------------------------------------------------------------
 
