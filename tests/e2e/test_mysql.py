@@ -11,6 +11,8 @@ from harness import Env, envelope, wait_until
 
 from cdcsync.bridge import aio
 from cdcsync.conformance import EPOCH, P0, _batch
+from cdcsync.events import ChangeEvent, Op
+from cdcsync.flow.batch import Batch, Delivery, Item
 
 pytestmark = pytest.mark.parametrize("target", ["mysql"], indirect=True)
 
@@ -117,6 +119,32 @@ async def test_a_table_that_cannot_roll_back_is_never_written(
     assert await env.count("items") == 1
     [letter] = await env.dead_letters()
     assert "MyISAM" in letter["error"] and "ENGINE=InnoDB" in letter["error"], letter["error"]
+
+
+async def test_names_that_differ_only_in_case_are_looked_up_together(env: Env, target: str) -> None:
+    """On a case-sensitive server, `USERS` and `users` looked up in one catalog query: MariaDB
+    answered `TABLE_NAME IN ('USERS', 'users')` with no row at all, so the existing `users`
+    was cached as missing and its good events were dead-lettered as "unknown table" (found
+    by the identifier-injection test, 1 run in about 15). The good event must land."""
+    await env.create_schema("CREATE TABLE users (id int PRIMARY KEY, name text);")
+    sink = env.destination()
+    try:
+        await sink.connect()
+        await sink.claim({P0: EPOCH})
+        items = [
+            Item(
+                Delivery(seq, f"x.{table}", b"{}", None, 0.0, P0),
+                ChangeEvent(table, Op.INSERT, {"id": seq, "name": table}),
+            )
+            for seq, table in ((1, "USERS"), (2, "users"))
+        ]
+        result = await sink.write(Batch(1, items))
+    finally:
+        await sink.close()
+    assert [tuple(r) for r in await env.sql(f"SELECT id, name FROM {env.schema}.users")] == [
+        (2, "users")
+    ]
+    assert result.written == 1 and result.dead_lettered == 1
 
 
 async def test_an_idle_writer_keeps_its_session_and_its_fence(env: Env, target: str) -> None:

@@ -274,7 +274,7 @@ class MysqlDialect:
             return {}
         fold = conn.fold_names
         marks = ", ".join(["%s"] * len(wanted))
-        match = "LOWER(t.TABLE_NAME)" if fold else "t.TABLE_NAME"
+        match = "LOWER(t.TABLE_NAME)" if fold else "CAST(t.TABLE_NAME AS BINARY)"
         query = sql.CATALOG_TABLES.format(match=match, names=marks)
         args = [schema, *(n.lower() if fold else n for n in wanted)]
         tables = {r[0]: (r[1], r[2] == "YES") for r in await conn.rows(query, args)}

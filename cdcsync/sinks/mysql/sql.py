@@ -42,6 +42,9 @@ def qualified(table: TableInfo) -> str:
 
 # Base tables (and MariaDB's system-versioned ones) with whether their engine can roll back.
 # ``{names}`` is a list of %s placeholders; names are compared as the server stores them.
+# Never a bare ``TABLE_NAME IN (...)``: MariaDB 10.11 answers one whose names differ only in
+# case (`USERS`, `users`) with no row at all, on a case-sensitive server; compared as bytes
+# (or lowered, ``{match}``) the list is an ordinary filter.
 CATALOG_TABLES = """
 SELECT t.TABLE_NAME, t.ENGINE, COALESCE(e.TRANSACTIONS, 'NO')
 FROM information_schema.TABLES t
@@ -59,7 +62,7 @@ SELECT c.TABLE_NAME, c.COLUMN_NAME, LOWER(c.COLUMN_TYPE), LOWER(c.DATA_TYPE),
        c.IS_NULLABLE = 'NO', c.COLUMN_DEFAULT IS NOT NULL OR c.EXTRA LIKE '%%auto_increment%%',
        c.EXTRA LIKE '%%VIRTUAL GENERATED%%' OR c.EXTRA LIKE '%%STORED GENERATED%%', {json}
 FROM information_schema.COLUMNS c
-WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME IN ({names})
+WHERE c.TABLE_SCHEMA = %s AND CAST(c.TABLE_NAME AS BINARY) IN ({names})
 ORDER BY c.TABLE_NAME, c.ORDINAL_POSITION
 """
 CATALOG_COLUMNS_MARIADB = _COLUMNS.replace(
@@ -78,7 +81,7 @@ CATALOG_COLUMNS_MYSQL = _COLUMNS.replace("{json}", "c.DATA_TYPE = 'json'")
 CATALOG_KEYS = """
 SELECT s.TABLE_NAME, s.INDEX_NAME, s.COLUMN_NAME, s.SUB_PART IS NULL AND s.COLUMN_NAME IS NOT NULL
 FROM information_schema.STATISTICS s
-WHERE s.TABLE_SCHEMA = %s AND s.TABLE_NAME IN ({names}) AND s.NON_UNIQUE = 0
+WHERE s.TABLE_SCHEMA = %s AND CAST(s.TABLE_NAME AS BINARY) IN ({names}) AND s.NON_UNIQUE = 0
 ORDER BY s.TABLE_NAME, s.INDEX_NAME, s.SEQ_IN_INDEX
 """
 
