@@ -20,7 +20,7 @@ from cdcsync.events import (
     decode_debezium,
 )
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # copies of ../shared/fixtures
 
 
 def fixture(name: str) -> bytes:
